@@ -1,0 +1,6 @@
+"""tabdifflm: realistic synthetic tables with DiffLM (VAE + latent diffusion + a frozen LLM decoder)."""
+__version__ = "0.1.0"
+
+from .synthesizer import DiffLMSynthesizer  # noqa: E402
+
+__all__ = ["DiffLMSynthesizer", "__version__"]

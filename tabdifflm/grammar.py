@@ -1,0 +1,454 @@
+"""Token grammar of a row: which decoder tokens may come next, so the LLM only writes valid rows.
+
+Every piece of a row is tokenised on its own (literals, each categorical value, numbers digit by digit),
+and a small automaton walks those pieces:
+
+- literal text between values (``","`` or ``', "age": '``) is forced: one allowed token, zero cost;
+- a categorical value follows a trie of the training categories, so unseen categories cannot be written;
+- a number follows a digit automaton (sign, at most as many integer digits as the training range needs,
+  exactly the column's decimals) that only writes numbers inside the training range, and a datetime
+  follows its format with each field (year, month, ...) range-checked the same way.
+
+A value ends when the model picks the first token of the next literal. Training uses the same allowed
+sets (cross-entropy over the allowed tokens only), so the model learns exactly the distribution the
+sampler draws from, and "nats per row" counts only real choices.
+"""
+from __future__ import annotations
+
+import calendar
+import math
+import re
+
+import pandas as pd
+
+import torch
+
+from .schema import ColumnSpec
+from .serialization import RowFormat, parse_datetime
+
+END = -1
+DONE = ("D",)
+
+
+class InvalidValue(ValueError):
+    """A finished value that breaks the schema (a date that does not exist, a number out of range)."""
+
+
+def char_token(tokenizer, ch: str) -> int:
+    """Id of the single token that spells ``ch``; ValueError if the tokenizer has none."""
+    ids = tokenizer.encode(ch, add_special_tokens=False)
+    if len(ids) == 1:
+        return ids[0]
+    tid = tokenizer.convert_tokens_to_ids(ch)
+    if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+        return tid
+    raise ValueError(f"the decoder's tokenizer has no single token for {ch!r}; it cannot spell numbers "
+                     "digit by digit")
+
+
+class CategoricalGrammar:
+    """Trie over the token sequences of the column's category texts (and of the missing marker)."""
+
+    def __init__(self, col: ColumnSpec, fmt: RowFormat, tokenizer, end_token: int):
+        self.col = col
+        self.children: list[dict[int, int]] = [{}]
+        self.leaf: list[int | None] = [None]  # index into values, -1 = missing
+        self.seqs = {}
+        entries = [(fmt.category_text(col, v), i) for i, v in enumerate(col.categories)]
+        if col.has_missing:
+            entries.append((fmt.missing_text, -1))
+        for text, idx in entries:
+            seq = tokenizer.encode(text, add_special_tokens=False) if text else []
+            node = 0
+            for t in seq:
+                nxt = self.children[node].get(t)
+                if nxt is None:
+                    nxt = len(self.children)
+                    self.children[node][t] = nxt
+                    self.children.append({})
+                    self.leaf.append(None)
+                node = nxt
+            if self.leaf[node] is not None:
+                raise ValueError(f"column {col.name!r}: two values share the token sequence of {text!r}")
+            self.leaf[node] = idx
+            self.seqs[idx] = seq
+        for node, idx in enumerate(self.leaf):
+            if idx is not None and end_token in self.children[node]:
+                v = "missing" if idx == -1 else repr(col.categories[idx])
+                raise ValueError(f"column {col.name!r}: value {v} cannot be told apart from the separator")
+
+    def start(self):
+        return 0
+
+    def allowed(self, s) -> tuple:
+        a = tuple(self.children[s])
+        return a + (END,) if self.leaf[s] is not None else a
+
+    def step(self, s, tok):
+        return self.children[s][tok]
+
+    def encode(self, v) -> list[int]:
+        return self.seqs[-1 if v is None else self.col.categories.index(v)]
+
+    def finish(self, s, toks):
+        idx = self.leaf[s]
+        return None if idx == -1 else self.col.categories[idx]
+
+
+class _CharGrammar:
+    """Shared by numbers and datetimes: values spelled one character token at a time."""
+
+    def __init__(self, col, fmt, tokenizer, chars: str):
+        self.col = col
+        self.fmt = fmt
+        self.tok = {c: char_token(tokenizer, c) for c in chars}
+        self.char = {t: c for c, t in self.tok.items()}
+        self.missing = tokenizer.encode(fmt.missing_text, add_special_tokens=False) if fmt.missing_text else []
+
+    def _missing_allowed(self, s):
+        # state ("m", k): inside the missing marker
+        k = s[1]
+        return (self.missing[k],) if k < len(self.missing) else (END,)
+
+    def encode(self, v) -> list[int]:
+        if v is None:
+            return list(self.missing)
+        return [self.tok[c] for c in self.fmt.value_text(self.col, v)]
+
+    def text(self, toks) -> str:
+        return "".join(self.char[t] for t in toks)
+
+
+def _cmp(x: int, y: int) -> int:
+    return (x > y) - (x < y)
+
+
+def _fixed_step(c_lo: int, c_hi: int, d: int, lo: str, hi: str, j: int):
+    """Fixed-width digit automaton: comparisons with the bounds after digit d at position j, or None."""
+    c_lo2 = c_lo if c_lo != 0 else _cmp(d, int(lo[j]))
+    c_hi2 = c_hi if c_hi != 0 else _cmp(d, int(hi[j]))
+    return (c_lo2, c_hi2) if c_lo2 >= 0 and c_hi2 <= 0 else None
+
+
+class NumericGrammar(_CharGrammar):
+    """Sign, integer digits, then exactly ``decimals`` decimals; only numbers inside the training range.
+
+    The value is read as an integer count of 10^-decimals units. Its integer part is a variable-length
+    digit automaton over [a, b] (state: digits so far and how the prefix compares with a's and b's
+    prefixes, so an age in [17, 90] cannot be 5 or 123); its decimals a fixed-width one whose bounds
+    are tight only when the integer part sits on a bound. Every finished number is in range.
+    """
+
+    def __init__(self, col, fmt, tokenizer):
+        super().__init__(col, fmt, tokenizer, "0123456789-.")
+        p = self.decimals = 0 if col.is_int else col.decimals
+        lo, hi = round(col.min * 10 ** p), round(col.max * 10 ** p)
+        pos = (max(lo, 0), hi) if hi >= 0 else None
+        neg = (max(-hi, 1 if p == 0 else 0), -lo) if lo < 0 else None
+        self.units = {False: pos, True: neg}
+        self.ranges = {k: (v[0] // 10 ** p, v[1] // 10 ** p) if v else None for k, v in self.units.items()}
+        self.max_int = max(len(str(r[1])) for r in self.ranges.values() if r)
+        self.digits = tuple(self.tok[c] for c in "0123456789")
+
+    def _extend(self, neg, k, c_lo, c_hi, zero, d):
+        """New (c_lo, c_hi) after appending digit d to the integer part, or None if no number in range starts so."""
+        a, b = self.ranges[neg]
+        sa, sb = str(a), str(b)
+        if zero or (k == 0 and d == 0 and a != 0):
+            return None
+        c_lo2 = c_lo if c_lo != 0 else (_cmp(d, int(sa[k])) if k < len(sa) else 1)
+        c_hi2 = c_hi if c_hi != 0 else (_cmp(d, int(sb[k])) if k < len(sb) else 1)
+        k2 = k + 1
+        if k2 == 1 and d == 0:  # the integer part zero itself
+            return c_lo2, c_hi2
+        for L in range(max(k2, len(sa)), len(sb) + 1):
+            if (L > len(sa) or c_lo2 >= 0) and (L < len(sb) or c_hi2 <= 0):
+                return c_lo2, c_hi2
+        return None
+
+    def _int_done(self, neg, k, c_lo, c_hi):
+        """(integer part is in range, equals the lower bound, equals the upper bound)."""
+        a, b = self.ranges[neg]
+        la, lb = len(str(a)), len(str(b))
+        ok = k >= 1 and la <= k <= lb and (k > la or c_lo >= 0) and (k < lb or c_hi <= 0)
+        return ok, k == la and c_lo == 0, k == lb and c_hi == 0
+
+    def _dec_bounds(self, neg, eq_lo, eq_hi):
+        p = self.decimals
+        A, B = self.units[neg]
+        return (str(A % 10 ** p).zfill(p) if eq_lo else "0" * p), (str(B % 10 ** p).zfill(p) if eq_hi else "9" * p)
+
+    def start(self):
+        return ("s",)
+
+    def allowed(self, s) -> tuple:
+        kind = s[0]
+        if kind == "s":
+            a = self.allowed(("i", False, 0, 0, 0, False)) if self.ranges[False] else ()
+            if self.ranges[True]:
+                a += (self.tok["-"],)
+            if self.col.has_missing:
+                a += (self.missing[0],) if self.missing else (END,)
+            return a
+        if kind == "i":  # ("i", neg, k, c_lo, c_hi, zero)
+            neg, k, c_lo, c_hi, zero = s[1:]
+            more = tuple(self.digits[d] for d in range(10) if self._extend(neg, k, c_lo, c_hi, zero, d) is not None)
+            ok, eq_lo, eq_hi = self._int_done(neg, k, c_lo, c_hi)
+            if ok:
+                more += (self.tok["."],) if self.decimals else (END,)
+            return more
+        if kind == "f":  # ("f", neg, j, c_lo, c_hi, eq_lo, eq_hi)
+            neg, j, c_lo, c_hi, eq_lo, eq_hi = s[1:]
+            if j == self.decimals:
+                return (END,)
+            lo, hi = self._dec_bounds(neg, eq_lo, eq_hi)
+            return tuple(self.digits[d] for d in range(10) if _fixed_step(c_lo, c_hi, d, lo, hi, j) is not None)
+        return self._missing_allowed(s)
+
+    def step(self, s, tok):
+        kind, c = s[0], self.char.get(tok)
+        if kind == "s":
+            if c == "-":
+                return ("i", True, 0, 0, 0, False)
+            if c is not None and c.isdigit():
+                return self.step(("i", False, 0, 0, 0, False), tok)
+            return ("m", 1)
+        if kind == "i":
+            neg, k, c_lo, c_hi, zero = s[1:]
+            if c == ".":
+                _, eq_lo, eq_hi = self._int_done(neg, k, c_lo, c_hi)
+                return ("f", neg, 0, 0 if eq_lo else 1, 0 if eq_hi else -1, eq_lo, eq_hi)
+            c_lo2, c_hi2 = self._extend(neg, k, c_lo, c_hi, zero, int(c))
+            return ("i", neg, k + 1, c_lo2, c_hi2, k == 0 and c == "0")
+        if kind == "f":
+            neg, j, c_lo, c_hi, eq_lo, eq_hi = s[1:]
+            lo, hi = self._dec_bounds(neg, eq_lo, eq_hi)
+            return ("f", neg, j + 1, *_fixed_step(c_lo, c_hi, int(c), lo, hi, j), eq_lo, eq_hi)
+        return ("m", s[1] + 1)
+
+    def finish(self, s, toks):
+        if s[0] == "m" or (s[0] == "s" and not toks):
+            return None
+        x = float(self.text(toks))
+        # the automaton keeps values in range; clip only the last-ulp float error of the decimal text
+        x = min(max(x, self.col.min), self.col.max)
+        return int(x) if self.col.is_int else x
+
+
+_FIELDS = {"%Y": (4, None), "%m": (2, (1, 12)), "%d": (2, (1, 31)), "%H": (2, (0, 23)), "%M": (2, (0, 59)),
+           "%S": (2, (0, 59))}
+
+
+class DatetimeGrammar(_CharGrammar):
+    """The column's strftime pattern: each field a fixed-width range automaton (years within the training
+    years, months 01-12, ...), every other character forced. A day past the month's end is moved to its
+    last day, and a date outside the training span to the nearest bound, so every finished date is valid."""
+
+    def __init__(self, col, fmt, tokenizer):
+        a, b = fmt.datetime_wrap()
+        lo_year = pd.Timestamp(int(col.min)).year
+        hi_year = pd.Timestamp(int(col.max)).year
+        self.segments = [("lit", ch) for ch in a]
+        f, i = col.dt_format, 0
+        while i < len(f):
+            if f[i:i + 2] in _FIELDS:
+                w, r = _FIELDS[f[i:i + 2]]
+                r = r or (lo_year, hi_year)
+                self.segments.append(("num", str(r[0]).zfill(w), str(r[1]).zfill(w)))
+                i += 2
+            else:
+                self.segments.append(("lit", f[i]))
+                i += 1
+        self.segments += [("lit", ch) for ch in b]
+        lits = "".join(seg[1] for seg in self.segments if seg[0] == "lit")
+        super().__init__(col, fmt, tokenizer, "0123456789" + "".join(sorted(set(lits))))
+        self.digits = tuple(self.tok[c] for c in "0123456789")
+
+    def start(self):
+        return ("p", 0, 0, 0, 0)  # segment, position in it, comparisons with its bounds
+
+    def allowed(self, s) -> tuple:
+        if s[0] == "m":
+            return self._missing_allowed(s)
+        _, i, j, c_lo, c_hi = s
+        if i == len(self.segments):
+            return (END,)
+        seg = self.segments[i]
+        if seg[0] == "lit":
+            a = (self.tok[seg[1]],)
+        else:
+            a = tuple(self.digits[d] for d in range(10) if _fixed_step(c_lo, c_hi, d, seg[1], seg[2], j) is not None)
+        if i == 0 and j == 0 and self.col.has_missing:
+            a += (self.missing[0],) if self.missing else (END,)
+        return a
+
+    def step(self, s, tok):
+        if s[0] == "m":
+            return ("m", s[1] + 1)
+        _, i, j, c_lo, c_hi = s
+        seg = self.segments[i]
+        if i == 0 and j == 0 and self.col.has_missing and self.missing and tok == self.missing[0] \
+                and tok not in self.allowed(s)[:-1]:
+            return ("m", 1)
+        if seg[0] == "lit":
+            return ("p", i + 1, 0, 0, 0)
+        c_lo, c_hi = _fixed_step(c_lo, c_hi, int(self.char[tok]), seg[1], seg[2], j)
+        return ("p", i + 1, 0, 0, 0) if j + 1 == len(seg[1]) else ("p", i, j + 1, c_lo, c_hi)
+
+    def finish(self, s, toks):
+        if s[0] == "m" or not toks:
+            return None
+        a, b = self.fmt.datetime_wrap()
+        text = self.text(toks)[len(a):len(toks) - len(b)]
+        try:
+            ns = parse_datetime(text, self.col)
+        except ValueError:  # e.g. 2021-02-30: keep the month, take its last day
+            parts = re.split(r"(\D)", text)
+            y, m = int(parts[0]), int(parts[2])
+            last = calendar.monthrange(y, m)[1]
+            parts[4] = f"{min(int(parts[4]), last):02d}"
+            ns = parse_datetime("".join(parts), self.col)
+        return int(min(max(ns, self.col.min), self.col.max))
+
+
+class RowGrammar:
+    """The automaton of a whole row, with interned integer states for fast batched use.
+
+    ``allowed_ids[state]`` is a LongTensor of the tokens allowed in that state; ``next_state(state, tok)``
+    moves on; state ``done`` means the row is complete.
+    """
+
+    def __init__(self, fmt: RowFormat, tokenizer):
+        self.fmt = fmt
+        self.schema = fmt.schema
+        self.lits = [tokenizer.encode(t, add_special_tokens=False) if t else [] for t in fmt.literals()]
+        for i, lit in enumerate(self.lits[1:], 1):
+            if not lit:
+                raise ValueError(f"format {fmt.name!r}: empty literal after column {i - 1}")
+        self.cols = []
+        for i, col in enumerate(self.schema.columns):
+            end = self.lits[i + 1][0]
+            if col.kind == "categorical":
+                g = CategoricalGrammar(col, fmt, tokenizer, end)
+            elif col.kind == "numeric":
+                g = NumericGrammar(col, fmt, tokenizer)
+            else:
+                g = DatetimeGrammar(col, fmt, tokenizer)
+            self.cols.append(g)
+        self._ids: dict[tuple, int] = {}
+        self._states: list[tuple] = []
+        self._allowed: list[tuple] = []
+        self._trans: dict[tuple[int, int], int] = {}
+        self.allowed_ids: list[torch.Tensor] = []
+        self.start = self._intern(self._enter_literal(0, 0))
+        self.done = self._intern(DONE)
+
+    # -- states ------------------------------------------------------------------------------------------
+    def _enter_literal(self, i, k):
+        if k < len(self.lits[i]):
+            return ("L", i, k)
+        if i == len(self.cols):
+            return DONE
+        return ("V", i, self.cols[i].start())
+
+    def _intern(self, st) -> int:
+        sid = self._ids.get(st)
+        if sid is None:
+            sid = len(self._states)
+            self._ids[st] = sid
+            self._states.append(st)
+            a = self._compute_allowed(st)
+            self._allowed.append(a)
+            self.allowed_ids.append(torch.tensor(a, dtype=torch.long))
+        return sid
+
+    def _compute_allowed(self, st) -> tuple:
+        if st[0] == "D":
+            return ()
+        if st[0] == "L":
+            return (self.lits[st[1]][st[2]],)
+        i, sub = st[1], st[2]
+        a = self.cols[i].allowed(sub)
+        if END in a:
+            a = tuple(t for t in a if t != END) + (self.lits[i + 1][0],)
+        return a
+
+    def allowed(self, sid: int) -> tuple:
+        return self._allowed[sid]
+
+    def n_choices(self, sid: int) -> int:
+        return len(self._allowed[sid])
+
+    def next_state(self, sid: int, tok: int) -> int:
+        """State after emitting ``tok`` in state ``sid`` (tok must be allowed)."""
+        key = (sid, tok)
+        nxt = self._trans.get(key)
+        if nxt is None:
+            st = self._states[sid]
+            if st[0] == "L":
+                nst = self._enter_literal(st[1], st[2] + 1)
+            else:
+                i, sub = st[1], st[2]
+                col_allowed = self.cols[i].allowed(sub)
+                if tok == self.lits[i + 1][0] and END in col_allowed and tok not in col_allowed:
+                    nst = self._enter_literal(i + 1, 1)
+                else:
+                    nst = ("V", i, self.cols[i].step(sub, tok))
+            nxt = self._intern(nst)
+            self._trans[key] = nxt
+        return nxt
+
+    def column_of(self, sid: int) -> int | None:
+        """Column whose value the state is writing (None for literals)."""
+        st = self._states[sid]
+        return st[1] if st[0] == "V" else None
+
+    # -- whole rows --------------------------------------------------------------------------------------
+    def encode(self, row) -> tuple[list[int], list[int]]:
+        """Row values -> (tokens, state before each token). Raises ValueError if the row breaks the grammar."""
+        toks = list(self.lits[0])
+        for i, (g, v) in enumerate(zip(self.cols, row)):
+            toks += g.encode(v)
+            toks += self.lits[i + 1]
+        states, sid = [], self.start
+        for t in toks:
+            if t not in self._allowed[sid]:
+                raise ValueError(f"row {row!r} cannot be written in the grammar (token {t} in state "
+                                 f"{self._states[sid]})")
+            states.append(sid)
+            sid = self.next_state(sid, t)
+        assert sid == self.done
+        return toks, states
+
+    def decode(self, toks: list[int]) -> list:
+        """Tokens of a complete row -> values; raises InvalidValue for a value that breaks the schema."""
+        per_col = [[] for _ in self.cols]
+        last = [None] * len(self.cols)
+        sid = self.start
+        for t in toks:
+            c = self.column_of(sid)
+            nxt = self.next_state(sid, t)
+            if c is not None:
+                if self.column_of(nxt) == c:
+                    per_col[c].append(t)
+                    last[c] = self._states[nxt][2]
+                elif last[c] is None:
+                    last[c] = self._states[sid][2]
+            sid = nxt
+        if sid != self.done:
+            raise InvalidValue("row is incomplete")
+        return [g.finish(last[i] if last[i] is not None else g.start(), per_col[i])
+                for i, g in enumerate(self.cols)]
+
+    def max_tokens(self) -> int:
+        """Upper bound on the tokens of one row (so generation always ends)."""
+        n = sum(len(lit) for lit in self.lits)
+        for g in self.cols:
+            if isinstance(g, CategoricalGrammar):
+                n += max(len(s) for s in g.seqs.values())
+            elif isinstance(g, NumericGrammar):
+                n += max(1 + g.max_int + 1 + g.decimals, len(g.missing))
+            else:
+                n += max(sum(len(seg[1]) if seg[0] == "num" else 1 for seg in g.segments), len(g.missing))
+        return n
+

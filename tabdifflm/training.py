@@ -1,0 +1,221 @@
+"""Training loops: the VAE (encoder + injector against the frozen decoder) and the latent diffusion model."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .decoder import decoder_parts, run_base
+from .diffusion import MLPDenoiser, edm_loss
+
+
+def pad_batch(seqs: list[list[int]], states: list[list[int]], done_state: int):
+    """Right-pad token and state lists -> tokens [B, L], states [B, L], valid [B, L]."""
+    L = max(len(s) for s in seqs)
+    B = len(seqs)
+    toks = torch.zeros(B, L, dtype=torch.long)
+    sts = torch.full((B, L), done_state, dtype=torch.long)
+    valid = torch.zeros(B, L, dtype=torch.bool)
+    for b, (s, st) in enumerate(zip(seqs, states)):
+        toks[b, :len(s)] = torch.tensor(s)
+        sts[b, :len(st)] = torch.tensor(st)
+        valid[b, :len(s)] = True
+    return toks, sts, valid
+
+
+def allowed_mask(grammar, states: torch.Tensor, vocab: int) -> torch.Tensor:
+    """states [N] -> bool mask [N, vocab] of the tokens the grammar allows in each state."""
+    uniq, inv = torch.unique(states, return_inverse=True)
+    m = torch.zeros(len(uniq), vocab, dtype=torch.bool)
+    for r, s in enumerate(uniq.tolist()):
+        m[r, grammar.allowed_ids[s]] = True
+    return m[inv]
+
+
+def reconstruction_nll(decoder, injector, grammar, z, toks, states, valid):
+    """Negative log-likelihood of each row under the frozen decoder, given latents.
+
+    z [B, D]; toks/states/valid [B, L]. Only positions with a real choice count, and the softmax runs over
+    the tokens the grammar allows (the distribution the sampler draws from). Returns (nll per row [B] in
+    nats, number of choice tokens).
+    """
+    base, head = decoder_parts(decoder)
+    dtype = decoder.dtype
+    emb = decoder.get_input_embeddings()
+    B, L = toks.shape
+    P = injector.n_prefix
+    tok_emb = emb(toks[:, :-1].to(z.device)).float()
+    off = injector.token_offset(z)
+    if off is not None:
+        tok_emb = tok_emb + off
+    x = torch.cat([injector.prefix_embeds(z), tok_emb], 1).to(dtype)
+    h, _ = run_base(base, x, injector.memory(z, dtype))
+    h = h[:, P - 1:]  # hidden state that predicts token j sits at P - 1 + j
+    n_allowed = torch.tensor([len(a) for a in grammar._allowed])
+    choice = valid & (n_allowed[states] > 1)
+    bi, ji = choice.nonzero(as_tuple=True)
+    dev = h.device
+    logits = head(h[bi.to(dev), ji.to(dev)]).float()
+    cap = getattr(decoder.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    mask = allowed_mask(grammar, states[bi, ji], logits.shape[-1]).to(dev)
+    logits = logits.masked_fill(~mask, float("-inf"))
+    nll = torch.logsumexp(logits, -1) - logits.gather(1, toks[bi, ji, None].to(dev)).squeeze(1)
+    per_row = torch.zeros(B, device=dev).index_add(0, bi.to(dev), nll)
+    return per_row, len(bi)
+
+
+def mu_dev(module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def kl_term(mu, logvar):
+    """DiffLM's KL: 0.5 * mean(mu^2 + exp(logvar) - logvar - 1)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).mean()
+
+
+class VAEData:
+    """Pre-tokenised rows: encoder inputs and decoder tokens/states, indexable by row."""
+
+    def __init__(self, enc_tok, enc_texts, dec_tokens, dec_states, done_state, max_length=256):
+        self.enc = enc_tok(enc_texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        self.dec_tokens = dec_tokens
+        self.dec_states = dec_states
+        self.done = done_state
+
+    def __len__(self):
+        return len(self.dec_tokens)
+
+    def batch(self, idx):
+        idx = list(idx)
+        ids = self.enc["input_ids"][idx]
+        am = self.enc["attention_mask"][idx]
+        keep = int(am.sum(1).max())
+        toks, sts, valid = pad_batch([self.dec_tokens[i] for i in idx], [self.dec_states[i] for i in idx], self.done)
+        return ids[:, :keep], am[:, :keep], toks, sts, valid
+
+
+def evaluate_nll(encoder, injector, decoder, grammar, data: VAEData, idx, batch_size):
+    """Mean reconstruction NLL per row (nats) over rows ``idx``, using the posterior means."""
+    encoder.eval()
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(idx), batch_size):
+            ids, am, toks, sts, valid = data.batch(idx[s:s + batch_size])
+            mu, _ = encoder(ids.to(mu_dev(encoder)), am.to(mu_dev(encoder)))
+            nll, _ = reconstruction_nll(decoder, injector, grammar, mu, toks, sts, valid)
+            total += float(nll.sum())
+    encoder.train()
+    return total / max(len(idx), 1)
+
+
+def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
+              batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
+              beta_patience=2, eval_every=25, generator=None, verbose=True, log=None):
+    """Train encoder + injector against the frozen decoder: token-mean CE + beta * KL.
+
+    Beta starts at ``max_beta`` and is multiplied by ``beta_decay`` whenever the validation NLL has not
+    improved for ``beta_patience`` evaluations, down to ``min_beta``. The best state on validation NLL is
+    restored at the end. Stops at ``max_epochs`` or at ``deadline`` (time.monotonic()).
+    Returns a list of dicts (elapsed s, step, epoch, beta, train and validation NLL per row).
+    """
+    params = [
+        {"params": encoder.backbone.parameters(), "lr": encoder_learning_rate},
+        {"params": list(encoder.head.parameters()) + list(injector.parameters()), "lr": learning_rate},
+    ]
+    opt = torch.optim.AdamW(params, weight_decay=0.0)
+    beta, best, stall = max_beta, math.inf, 0
+    best_state = None
+    history = []
+    t0 = time.monotonic()
+    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+    total_steps = steps_per_epoch * max_epochs
+    train_idx = torch.as_tensor(train_idx)
+    step, running = 0, []
+    dev = mu_dev(encoder)
+    encoder.train()
+    bar = tqdm(total=total_steps, desc="VAE", disable=not verbose, dynamic_ncols=True)
+
+    def evaluate(epoch):
+        nonlocal best, stall, beta, best_state
+        v = evaluate_nll(encoder, injector, decoder, grammar, data, val_idx.tolist(), batch_size)
+        rec = {"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch, "beta": beta,
+               "train_nll": round(sum(running) / max(len(running), 1), 3), "val_nll": round(v, 3)}
+        running.clear()
+        history.append(rec)
+        if log:
+            log(rec)
+        if v < best - 1e-3:
+            best, stall = v, 0
+            best_state = (copy.deepcopy(encoder.state_dict()), copy.deepcopy(injector.state_dict()))
+        else:
+            stall += 1
+            if stall >= beta_patience and beta > min_beta:
+                beta, stall = max(beta * beta_decay, min_beta), 0
+        bar.set_postfix(val_nll=f"{v:.1f}", beta=f"{beta:.2g}")
+
+    evaluate(0)
+    stop = False
+    for epoch in range(max_epochs):
+        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        for s in range(0, len(order), batch_size):
+            ids, am, toks, sts, valid = data.batch(order[s:s + batch_size].tolist())
+            mu, logvar = encoder(ids.to(dev), am.to(dev))
+            z = mu + torch.randn(mu.shape, generator=generator).to(dev) * (0.5 * logvar).exp()
+            nll, n_tok = reconstruction_nll(decoder, injector, grammar, z, toks, sts, valid)
+            kl = kl_term(mu, logvar)
+            loss = nll.sum() / max(n_tok, 1) + beta * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(injector.parameters()), 1.0)
+            opt.step()
+            step += 1
+            running.append(float(nll.detach().mean()))
+            bar.update(1)
+            bar.set_description(f"VAE nll/row {running[-1]:.1f}")
+            if step % eval_every == 0:
+                evaluate(epoch)
+            if time.monotonic() > deadline:
+                stop = True
+                break
+        if stop:
+            break
+    if not history or history[-1]["step"] != step:
+        evaluate(epoch if max_epochs else 0)
+    bar.close()
+    if best_state is not None:
+        encoder.load_state_dict(best_state[0])
+        injector.load_state_dict(best_state[1])
+    encoder.eval()
+    return history
+
+
+def train_diffusion(latents: torch.Tensor, *, steps: int, deadline: float, batch_size: int = 512, lr: float = 1e-3,
+                    hidden: int = 1024, generator=None, verbose=True):
+    """Fit the EDM denoiser on normalised latents [N, D]. Returns (denoiser, loss history)."""
+    net = MLPDenoiser(latents.shape[1], hidden=hidden)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
+    history = []
+    bar = tqdm(range(steps), desc="diffusion", disable=not verbose, dynamic_ncols=True)
+    ema = None
+    for step in bar:
+        idx = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=generator)
+        loss = edm_loss(net, latents[idx], generator=generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_v = float(loss.detach())
+        ema = loss_v if ema is None else 0.98 * ema + 0.02 * loss_v
+        if step % 50 == 0:
+            history.append({"step": step, "loss": round(ema, 4)})
+            bar.set_postfix(loss=f"{ema:.3f}")
+        if time.monotonic() > deadline:
+            break
+    net.eval()
+    return net, history

@@ -1,0 +1,131 @@
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tabdifflm.grammar import END, DatetimeGrammar, NumericGrammar, RowGrammar
+from tabdifflm.schema import ColumnSpec, frame_rows, infer_schema
+from tabdifflm.serialization import RowFormat
+
+
+class CharTokenizer:
+    """One token per character: lets tests enumerate every string a grammar accepts."""
+
+    unk_token_id = -99
+
+    def encode(self, s, add_special_tokens=False):
+        return [ord(c) for c in s]
+
+    def convert_tokens_to_ids(self, s):
+        return ord(s)
+
+
+def accepted_strings(g):
+    out, stack = set(), [(g.start(), "")]
+    while stack:
+        s, txt = stack.pop()
+        for t in g.allowed(s):
+            if t == END:
+                out.add(txt)
+            else:
+                stack.append((g.step(s, t), txt + chr(t)))
+    return out
+
+
+@pytest.mark.parametrize("lo, hi", [(17, 90), (0, 99999), (-5, 12), (-120, -7), (0, 0), (3, 1000), (-3, 0)])
+def test_integer_grammar_accepts_exactly_the_training_range(lo, hi):
+    col = ColumnSpec(name="x", kind="numeric", dtype="int64", is_int=True, min=lo, max=hi)
+    fmt = RowFormat("values", infer_schema(pd.DataFrame({"x": [lo, hi]})))
+    g = NumericGrammar(col, fmt, CharTokenizer())
+    assert accepted_strings(g) == {str(i) for i in range(lo, hi + 1)}
+
+
+@pytest.mark.parametrize("lo, hi", [(-2.25, 13.5), (0.05, 1.2), (-0.3, -0.02), (-1.0, 0.5)])
+def test_float_grammar_accepts_exactly_the_range_at_its_precision(lo, hi):
+    s = infer_schema(pd.DataFrame({"x": [lo, hi]}))
+    g = NumericGrammar(s.columns[0], RowFormat("values", s), CharTokenizer())
+    got = accepted_strings(g)
+    p = s.columns[0].decimals
+    assert p == len(str(abs(lo)).split(".")[1]) or p == len(str(abs(hi)).split(".")[1])
+    assert all(len(t.split(".")[1]) == p for t in got)
+    want = {round(i / 10 ** p, p) for i in range(round(lo * 10 ** p), round(hi * 10 ** p) + 1)}
+    assert {float(t) for t in got} == want
+
+
+def test_datetime_grammar_keeps_fields_in_range():
+    df = pd.DataFrame({"t": pd.to_datetime(["2019-11-03", "2021-02-10"])})
+    s = infer_schema(df)
+    g = DatetimeGrammar(s.columns[0], RowFormat("values", s), CharTokenizer())
+    rnd = random.Random(0)
+    for _ in range(300):
+        st, toks = g.start(), []
+        while True:
+            a = g.allowed(st)
+            t = rnd.choice(a)
+            if t == END:
+                break
+            toks.append(t)
+            st = g.step(st, t)
+        ns = g.finish(st, toks)
+        assert s.columns[0].min <= ns <= s.columns[0].max
+        y, m, d = map(int, "".join(map(chr, toks)).split("-"))
+        assert 2019 <= y <= 2021 and 1 <= m <= 12 and 1 <= d <= 31
+    # an impossible day is moved to the month's end, not rejected
+    feb30 = [ord(c) for c in "2020-02-30"]
+    assert pd.Timestamp(g.finish(("p", 5, 0, 0, 0), feb30)) == pd.Timestamp("2020-02-29")
+
+
+@pytest.mark.parametrize("fmt_name", ["values", "json"])
+def test_rows_encode_to_their_text_and_decode_back(mixed_df, smol_tokenizer, fmt_name):
+    s = infer_schema(mixed_df)
+    fmt = RowFormat(fmt_name, s)
+    g = RowGrammar(fmt, smol_tokenizer)
+    for row in frame_rows(mixed_df, s):
+        toks, states = g.encode(row)
+        assert smol_tokenizer.decode(toks) == fmt.serialise(row)
+        assert g.decode(toks) == row
+        assert len(toks) <= g.max_tokens()
+
+
+def test_random_walks_only_write_valid_training_categories(adult_small, smol_tokenizer):
+    s = infer_schema(adult_small)
+    g = RowGrammar(RowFormat("values", s), smol_tokenizer)
+    rnd = random.Random(0)
+    for _ in range(200):
+        sid, toks = g.start, []
+        while sid != g.done:
+            t = rnd.choice(g.allowed(sid))
+            toks.append(t)
+            sid = g.next_state(sid, t)
+        assert len(toks) <= g.max_tokens()
+        row = g.decode(toks)
+        for c, v in zip(s.columns, row):
+            if c.kind == "categorical":
+                assert v in c.categories
+            else:
+                assert c.min <= v <= c.max
+
+
+def test_structure_is_forced(adult_small, smol_tokenizer):
+    """Separators and JSON keys are single-choice states: they cost nothing and cannot go wrong."""
+    s = infer_schema(adult_small)
+    for name in ("values", "json"):
+        g = RowGrammar(RowFormat(name, s), smol_tokenizer)
+        toks, states = g.encode(frame_rows(adult_small, s)[0])
+        forced = sum(g.n_choices(st) == 1 for st in states)
+        assert forced > 0
+    g_json = RowGrammar(RowFormat("json", s), smol_tokenizer)
+    first = g_json.encode(frame_rows(adult_small, s)[0])[1][0]
+    assert g_json.n_choices(first) == 1  # the opening '{"age": ' is written by the sampler
+
+
+def test_missing_values_are_a_choice_only_where_training_had_them(smol_tokenizer):
+    df = pd.DataFrame({"a": [1.5, np.nan, 2.0], "b": [1, 2, 3]})
+    s = infer_schema(df)
+    g = RowGrammar(RowFormat("values", s), smol_tokenizer)
+    comma = smol_tokenizer.encode(",", add_special_tokens=False)[0]
+    assert comma in g.allowed(g.start)  # empty field = missing
+    toks, states = g.encode(frame_rows(df, s)[0])
+    b_start = states[toks.index(comma) + 1]
+    assert smol_tokenizer.encode("\n", add_special_tokens=False)[0] not in g.allowed(b_start)
