@@ -147,7 +147,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self._decoder, self._dec_tok, dec_src, dec_fp = _get_decoder(self.decoder, dtype, device)
         self._grammar = RowGrammar(RowFormat(self.serialization, schema), self._dec_tok)
         backbone, self._enc_tok, enc_src = load_backbone(self.encoder, weights=encoder_weights)
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             encoder = RowEncoder(backbone, self.latent_dim).to(device)
         injector = Injector(self.injection, self.latent_dim, self._decoder, self.n_soft_tokens,
@@ -167,6 +167,13 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError(f"need at least {MIN_ROWS} rows (training plus a validation slice), got {n}")
         schema = infer_schema(df)
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+        # Dropout and default inits draw from torch's global RNG: seed it, without disturbing the caller's.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._fit(df, schema, seed, t_start)
+
+    def _fit(self, df, schema, seed, t_start):
+        n = len(df)
         gen = torch.Generator().manual_seed(seed)
         encoder, injector, dec_ref, enc_ref = self._setup(schema, seed, encoder_weights=True)
         grammar = self._grammar

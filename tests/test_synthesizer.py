@@ -14,7 +14,7 @@ from tabdifflm import DiffLMSynthesizer
 from tabdifflm.persistence import ModelFileError
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fitted(tiny_kwargs, mixed_df):
     return DiffLMSynthesizer(**tiny_kwargs).fit(mixed_df)
 
@@ -189,7 +189,7 @@ def test_sample_gives_up_with_a_clear_error(fitted, monkeypatch):
         raise InvalidValue("column 'age': nope")
 
     monkeypatch.setattr(fitted._grammar, "decode", never)
-    fitted.max_sample_attempts = 2
+    monkeypatch.setattr(fitted, "max_sample_attempts", 2)
     with pytest.raises(RuntimeError, match=r"only 0 of 4 rows were valid after 2 rounds.*'age'"):
         fitted.sample(4)
 
