@@ -1,11 +1,24 @@
-"""Quality metrics users can call on their own data (SDMetrics underneath)."""
+"""Quality metrics users can call on their own data, following the protocol of REFERENCE.md section 3.
+
+- :func:`mle`: machine-learning efficiency (train XGBoost on synthetic rows, test on real ones).
+- :func:`fidelity`: SDMetrics Column Shapes and Column Pair Trends.
+- :func:`dcr`: distance to closest record (TabSyn's share, SDMetrics' protections, exact copies).
+- :func:`detection`: SDMetrics LogisticDetection.
+"""
 from __future__ import annotations
 
+import itertools
 import warnings
 
+import numpy as np
 import pandas as pd
+import torch
 
 from .schema import infer_schema
+
+# TabSyn's XGBoost grid: 3 x 2 x 3 x 2 = 36 configurations.
+MLE_GRID = [dict(n_estimators=n, min_child_weight=w, max_depth=d, gamma=g)
+            for n, w, d, g in itertools.product([10, 50, 100], [1, 10], [5, 10, 20], [0, 1])]
 
 
 def sdmetrics_metadata(df: pd.DataFrame) -> dict:
@@ -42,3 +55,200 @@ def fidelity(synthetic: pd.DataFrame, real_train: pd.DataFrame) -> dict:
     out["column_shapes_error"] = round((1 - out["column_shapes"]) * 100, 2)
     out["column_pair_trends_error"] = round((1 - out["column_pair_trends"]) * 100, 2)
     return out
+
+
+def _feature_frame(df: pd.DataFrame, target) -> pd.DataFrame:
+    return df.drop(columns=[target])
+
+
+class _Features:
+    """The protocol's features, fitted on one frame: log for large non-negative numbers, else min-max;
+    one-hot categoricals (unknown categories ignored); datetimes as numbers."""
+
+    def fit(self, X: pd.DataFrame):
+        self.num, self.cat, self.log, self.lo, self.hi = [], [], set(), {}, {}
+        for c in X.columns:
+            s = X[c]
+            if pd.api.types.is_datetime64_any_dtype(s):
+                s = s.astype("int64")
+            if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+                x = s.astype(float)
+                self.num.append(c)
+                if x.min() >= 0 and x.max() >= 1e3:
+                    self.log.add(c)
+                    x = np.log(np.maximum(x, 1e-2))
+                self.lo[c], self.hi[c] = float(x.min()), float(x.max())
+            else:
+                self.cat.append(c)
+        from sklearn.preprocessing import OneHotEncoder
+
+        self.ohe = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+        if self.cat:
+            self.ohe.fit(X[self.cat].astype(str))
+        return self
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        cols = []
+        for c in self.num:
+            s = X[c]
+            if pd.api.types.is_datetime64_any_dtype(s):
+                s = s.astype("int64")
+            x = s.astype(float).fillna(self.lo[c]).to_numpy()
+            if c in self.log:
+                x = np.log(np.maximum(x, 1e-2))
+            cols.append(((x - self.lo[c]) / ((self.hi[c] - self.lo[c]) or 1.0))[:, None])
+        if self.cat:
+            cols.append(self.ohe.transform(X[self.cat].astype(str)))
+        return np.hstack(cols) if cols else np.zeros((len(X), 0))
+
+
+def _score(task, y_true, pred) -> float:
+    from sklearn.metrics import mean_squared_error, roc_auc_score
+
+    if task == "regression":
+        return float(np.sqrt(mean_squared_error(y_true, pred)))
+    if pred.ndim == 2 and pred.shape[1] == 2:
+        pred = pred[:, 1]
+    if len(np.unique(y_true)) < 2:
+        return float("nan")
+    return float(roc_auc_score(y_true, pred, multi_class="ovr") if pred.ndim == 2 else roc_auc_score(y_true, pred))
+
+
+def mle(synthetic: pd.DataFrame, real_test: pd.DataFrame, target, task: str, seeds=(0, 1, 2), grid=None,
+        n_jobs: int = 2) -> dict:
+    """Machine-learning efficiency: XGBoost trained on ``synthetic``, scored on ``real_test``.
+
+    For each seed, 1/9 of the synthetic rows is held out to pick one of the 36 grid configurations
+    (TabSyn's), the winner is refit on all synthetic rows and scored on the real test set: ROC-AUC for
+    ``task="classification"`` (higher is better), RMSE of log(clip(y, 1, 20000)) for ``"regression"``
+    (lower is better). Returns the mean, the standard deviation, every seed's score and the chosen
+    configurations. Call it with the real training set as ``synthetic`` for the upper bound.
+    """
+    from xgboost import XGBClassifier, XGBRegressor
+
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    for name, d in (("synthetic", synthetic), ("real_test", real_test)):
+        if target not in d.columns:
+            raise ValueError(f"target column {target!r} is not in {name}")
+    grid = MLE_GRID if grid is None else grid
+    syn = synthetic.dropna(subset=[target]).reset_index(drop=True)
+    test = real_test.dropna(subset=[target]).reset_index(drop=True)
+    feats = _Features().fit(_feature_frame(syn, target))
+    X, Xt = feats.transform(_feature_frame(syn, target)), feats.transform(_feature_frame(test, target))
+    if task == "regression":
+        y = np.log(np.clip(syn[target].astype(float).to_numpy(), 1, 20000))
+        yt = np.log(np.clip(test[target].astype(float).to_numpy(), 1, 20000))
+    else:
+        classes = sorted(set(syn[target].astype(str)) | set(test[target].astype(str)))
+        index = {c: i for i, c in enumerate(classes)}
+        y = syn[target].astype(str).map(index).to_numpy()
+        yt = test[target].astype(str).map(index).to_numpy()
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"the synthetic data has a single class in {target!r}; MLE needs two or more")
+
+    def model(params, seed):
+        if task == "regression":
+            return XGBRegressor(**params, random_state=seed, n_jobs=n_jobs, verbosity=0)
+        return XGBClassifier(**params, random_state=seed, n_jobs=n_jobs, verbosity=0)
+
+    def fit_predict(params, seed, Xa, ya, Xb):
+        present = np.unique(ya)
+        if task == "regression":
+            return model(params, seed).fit(Xa, ya).predict(Xb)
+        # XGBoost wants labels 0..k-1: remap to the classes present, and put probabilities back in place
+        remap = {c: i for i, c in enumerate(present)}
+        m = model(params, seed).fit(Xa, np.vectorize(remap.get)(ya))
+        p = m.predict_proba(Xb)
+        full = np.zeros((len(Xb), len(classes)))
+        full[:, present] = p
+        return full if len(classes) > 2 else full[:, 1]
+
+    scores, chosen = [], []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        idx = rng.permutation(len(X))
+        n_val = max(1, len(X) // 9)
+        va, tr = idx[:n_val], idx[n_val:]
+        best, best_p = None, None
+        for params in grid:
+            s = _score(task, y[va], fit_predict(params, seed, X[tr], y[tr], X[va]))
+            if best is None or (not np.isnan(s) and (np.isnan(best) or (s < best if task == "regression"
+                                                                        else s > best))):
+                best, best_p = s, params
+        scores.append(_score(task, yt, fit_predict(best_p, seed, X, y, Xt)))
+        chosen.append(best_p)
+    return {"metric": "rmse" if task == "regression" else "roc_auc", "mean": float(np.mean(scores)),
+            "std": float(np.std(scores)), "scores": scores, "params": chosen}
+
+
+def _dcr_matrices(frames: list[pd.DataFrame], ref: pd.DataFrame) -> list[np.ndarray]:
+    """Frames as vectors in one space for L1 distances: numbers scaled by ``ref``'s range, categories one-hot."""
+    out = [[] for _ in frames]
+    for c in ref.columns:
+        cols = [f[c] for f in frames]
+        b = ref[c]
+        if pd.api.types.is_datetime64_any_dtype(b):
+            cols, b = [x.astype("int64") for x in cols], b.astype("int64")
+        if pd.api.types.is_numeric_dtype(b) and not pd.api.types.is_bool_dtype(b):
+            lo, hi = float(b.min()), float(b.max())
+            for o, x in zip(out, cols):
+                o.append(((x.astype(float).fillna(lo) - lo) / ((hi - lo) or 1.0)).to_numpy()[:, None])
+        else:
+            cats = pd.Index(pd.unique(pd.concat(cols).astype(str)))
+            eye = np.eye(len(cats))
+            for o, x in zip(out, cols):
+                o.append(eye[cats.get_indexer(x.astype(str))])
+    return [np.hstack(o).astype(np.float32) for o in out]
+
+
+def _nearest_l1(x: np.ndarray, ref: np.ndarray, chunk: int = 512) -> np.ndarray:
+    xt, rt = torch.from_numpy(x), torch.from_numpy(ref)
+    return torch.cat([torch.cdist(xt[i:i + chunk], rt, p=1).min(1).values for i in range(0, len(xt), chunk)]).numpy()
+
+
+def dcr(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_holdout: pd.DataFrame,
+        sdmetrics_subsample: int | None = 2000) -> dict:
+    """Distance to closest record.
+
+    ``share_closer_to_train``: TabSyn's score, the share of synthetic rows whose L1 distance (numbers
+    scaled by the training range, categories one-hot) to the nearest training row is smaller than to the
+    nearest holdout row; with equal-size train and holdout, 0.5 is ideal and a copy of the training data
+    scores 1.0. Also the SDMetrics ``DCROverfittingProtection`` and ``DCRBaselineProtection`` scores
+    (1 is best) and ``exact_copies``: synthetic rows identical to a training row.
+    """
+    cols = list(real_train.columns)
+    syn = synthetic[cols].reset_index(drop=True)
+    train, hold = real_train[cols].reset_index(drop=True), real_holdout[cols].reset_index(drop=True)
+    x_syn, x_tr, x_ho = _dcr_matrices([syn, train, hold], train)
+    d_tr, d_ho = _nearest_l1(x_syn, x_tr), _nearest_l1(x_syn, x_ho)
+    out = {"share_closer_to_train": float((d_tr < d_ho).mean()), "median_dcr_train": float(np.median(d_tr)),
+           "median_dcr_holdout": float(np.median(d_ho)),
+           "exact_copies": int(syn.merge(real_train[cols].drop_duplicates(), how="inner").shape[0])}
+    try:
+        from sdmetrics.single_table import DCRBaselineProtection, DCROverfittingProtection
+
+        meta = sdmetrics_metadata(real_train)
+        sub = None if sdmetrics_subsample is None else min(sdmetrics_subsample, len(syn), len(real_train),
+                                                           len(real_holdout))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["sdmetrics_overfitting_protection"] = float(DCROverfittingProtection.compute(
+                real_train.rename(columns=str), syn.rename(columns=str), real_holdout.rename(columns=str), meta,
+                None, num_rows_subsample=sub))
+            out["sdmetrics_baseline_protection"] = float(DCRBaselineProtection.compute(
+                real_train.rename(columns=str), syn.rename(columns=str), meta, None, num_rows_subsample=sub))
+    except ImportError:
+        pass
+    return out
+
+
+def detection(synthetic: pd.DataFrame, real: pd.DataFrame) -> float:
+    """SDMetrics LogisticDetection: 1 - (2 * AUC - 1) of a classifier telling real from synthetic (1 = indistinguishable)."""
+    from sdmetrics.single_table import LogisticDetection
+
+    real = real.rename(columns=str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(LogisticDetection.compute(real, synthetic.rename(columns=str)[list(real.columns)],
+                                               sdmetrics_metadata(real)))
