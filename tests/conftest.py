@@ -80,7 +80,6 @@ def mixed_df():
 
 @pytest.fixture(scope="session")
 def adult_small():
-    from pathlib import Path
+    from tabdifflm.datasets import default_root
 
-    p = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "adult.csv.gz"
-    return pd.read_csv(p, nrows=200)
+    return pd.read_csv(default_root() / "adult.csv.gz", nrows=200)

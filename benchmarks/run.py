@@ -1,0 +1,228 @@
+"""Benchmark runner: every method on the same rows, every metric, one JSON + Markdown table + figures per dataset.
+
+    python -m benchmarks.run --datasets adult magic --methods real difflm ctgan tvae gaussian_copula --profile quick
+
+Each method runs in its own process (spawned), so its peak memory is its own and a crash or error is
+recorded as a failure while the other methods go on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+import traceback
+from importlib import metadata as im
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tabdifflm.datasets import load_benchmark
+from tabdifflm.metrics import dcr, detection, fidelity, mle
+
+from .methods import METHODS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROFILES = {
+    # sized for a 2-core CPU: fixed train subsample shared by all methods, full real test set
+    "quick": {"train_rows": 2000, "budget_s": {"difflm": 1200, "default": 900}, "epochs": 300, "mle_seeds": 3},
+    # the papers' protocol on full data (for a GPU machine): fit on one half, the other half is the DCR holdout
+    "full": {"train_rows": None, "budget_s": {"default": 4 * 3600}, "epochs": 1000, "mle_seeds": 5},
+    # seconds-long run that exercises the whole harness (tests and smoke checks)
+    "smoke": {"train_rows": 120, "budget_s": {"difflm": 60, "default": 60}, "epochs": 2, "mle_seeds": 1},
+}
+
+
+def _worker(method, train, n, budget_s, seed, epochs, q):
+    try:
+        t = time.monotonic()
+        sampler = METHODS[method](train, budget_s, seed, epochs=epochs)
+        fit_s = time.monotonic() - t
+        t = time.monotonic()
+        syn, first_try = sampler(n)
+        sample_s = time.monotonic() - t
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        q.put({"ok": True, "synthetic": syn, "fit_seconds": fit_s, "sample_seconds": sample_s,
+               "first_try_valid_share": first_try, "peak_rss_mb": peak})
+    except BaseException as e:  # reported, not raised: the other methods still run
+        q.put({"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+
+
+def run_method(method, train, n, budget_s, seed, epochs, timeout_s):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_worker, args=(method, train, n, budget_s, seed, epochs, q))
+    p.start()
+    try:
+        res = q.get(timeout=timeout_s)
+    except Exception:
+        res = {"ok": False, "error": f"no result within {timeout_s:.0f} s"}
+    p.join(10)
+    if p.is_alive():
+        p.kill()
+    return res
+
+
+def valid_share(syn: pd.DataFrame, train: pd.DataFrame) -> float:
+    """Rows whose categories all occur in training, with no missing value where training had none."""
+    ok = pd.Series(True, index=syn.index)
+    for c in train.columns:
+        if train[c].notna().all():
+            ok &= syn[c].notna()
+        if not pd.api.types.is_numeric_dtype(train[c]):
+            ok &= syn[c].isna() | syn[c].astype(str).isin(set(train[c].dropna().astype(str)))
+    return float(ok.mean())
+
+
+def _versions():
+    out = {"python": platform.python_version()}
+    for p in ("tabdifflm", "torch", "transformers", "sdv", "sdmetrics", "xgboost", "be-great"):
+        try:
+            out[p] = im.version(p)
+        except im.PackageNotFoundError:
+            pass
+    return out
+
+
+def figures(name, train, synthetic: dict, dcr_dists: dict, out_dir: Path):
+    """Per-column real vs synthetic distributions, DCR histograms, correlation-difference heatmaps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = list(train.columns)
+    methods = list(synthetic)
+    fig, axes = plt.subplots(len(cols), 1, figsize=(7, 2.2 * len(cols)))
+    for ax, c in zip(np.atleast_1d(axes), cols):
+        if pd.api.types.is_numeric_dtype(train[c]):
+            lo, hi = np.nanpercentile(train[c], [0.5, 99.5])
+            bins = np.linspace(lo, hi if hi > lo else lo + 1, 40)
+            ax.hist(train[c].dropna(), bins=bins, density=True, alpha=0.4, label="real", color="k")
+            for m in methods:
+                ax.hist(synthetic[m][c].dropna().astype(float), bins=bins, density=True, histtype="step", label=m)
+        else:
+            top = train[c].astype(str).value_counts(normalize=True).index[:12]
+            x = np.arange(len(top))
+            w = 0.8 / (len(methods) + 1)
+            ax.bar(x, train[c].astype(str).value_counts(normalize=True)[top], w, label="real", color="k", alpha=0.4)
+            for i, m in enumerate(methods, 1):
+                ax.bar(x + i * w, synthetic[m][c].astype(str).value_counts(normalize=True).reindex(top).fillna(0), w,
+                       label=m)
+            ax.set_xticks(x + 0.4, top, rotation=30, fontsize=6, ha="right")
+        ax.set_title(c, fontsize=8)
+    np.atleast_1d(axes)[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{name}_columns.png", dpi=80)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for m, (d_tr, d_ho) in dcr_dists.items():
+        ax.hist(d_tr - d_ho, bins=50, histtype="step", label=m)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlabel("DCR to train - DCR to holdout (< 0: closer to train)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{name}_dcr.png", dpi=90)
+    plt.close(fig)
+
+    num = [c for c in cols if pd.api.types.is_numeric_dtype(train[c])]
+    if len(num) >= 2:
+        real_corr = train[num].corr().to_numpy()
+        fig, axes = plt.subplots(1, len(methods), figsize=(3 * len(methods), 3), squeeze=False)
+        for ax, m in zip(axes[0], methods):
+            diff = np.abs(synthetic[m][num].astype(float).corr().to_numpy() - real_corr)
+            ax.imshow(diff, vmin=0, vmax=1, cmap="Reds")
+            ax.set_title(f"{m}: mean {np.nanmean(diff):.3f}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{name}_corr_diff.png", dpi=90)
+        plt.close(fig)
+
+
+def markdown(name, profile, rows) -> str:
+    head = ("| method | status | MLE | shapes err % | trends err % | DCR closer to train | exact copies | "
+            "detection | valid | fit s | sample rows/s | peak MB |")
+    lines = [f"### {name} ({profile} profile)", "", head, "|" + "---|" * 12]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['method']} | failed: {r['error'][:80]} |" + " |" * 10)
+            continue
+        m = r["mle"]
+        lines.append(
+            f"| {r['method']} | ok | {m['mean']:.3f} ± {m['std']:.3f} | {r['fidelity']['column_shapes_error']:.2f} | "
+            f"{r['fidelity']['column_pair_trends_error']:.2f} | {r['dcr']['share_closer_to_train'] * 100:.1f} % | "
+            f"{r['dcr']['exact_copies']} | {r['detection']:.3f} | {r['valid_share'] * 100:.1f} % | "
+            f"{r['fit_seconds']:.0f} | {r['rows_per_second']:.1f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_dataset(name, methods, profile, seed=0):
+    cfg = PROFILES[profile]
+    ds = load_benchmark(name)
+    pool = ds.train.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    if cfg["train_rows"]:
+        pool = pool.iloc[:2 * cfg["train_rows"]]
+    half = len(pool) // 2
+    train, holdout = pool.iloc[:half].reset_index(drop=True), pool.iloc[half:2 * half].reset_index(drop=True)
+    out_dir = RESULTS / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, synthetic, dists = [], {}, {}
+    for method in methods:
+        budget = cfg["budget_s"].get(method, cfg["budget_s"]["default"])
+        print(f"[{name}] {method}: fitting on {len(train)} rows, budget {budget} s", flush=True)
+        res = run_method(method, train, len(train), budget, seed, cfg["epochs"], timeout_s=3 * budget + 600)
+        rec = {"method": method, "budget_s": budget, "seed": seed, "train_rows": len(train)}
+        if not res["ok"]:
+            rec.update(status="failed", error=res["error"], traceback=res.get("traceback"))
+            print(f"[{name}] {method} failed: {res['error']}", flush=True)
+            rows.append(rec)
+            continue
+        syn = res["synthetic"]
+        rec.update(status="ok", fit_seconds=res["fit_seconds"], sample_seconds=res["sample_seconds"],
+                   rows_per_second=len(syn) / max(res["sample_seconds"], 1e-9), peak_rss_mb=res["peak_rss_mb"],
+                   first_try_valid_share=res["first_try_valid_share"], valid_share=valid_share(syn, train))
+        try:
+            rec["mle"] = mle(syn, ds.test, ds.target, ds.task, seeds=tuple(range(cfg["mle_seeds"])))
+            rec["fidelity"] = fidelity(syn, train)
+            rec["dcr"] = dcr(syn, train, holdout)
+            rec["detection"] = detection(syn, train)
+        except Exception as e:  # a metric failing on one method's output is that method's failure
+            rec.update(status="failed", error=f"metrics: {type(e).__name__}: {e}")
+        synthetic[method] = syn
+        from tabdifflm.metrics import _dcr_matrices, _nearest_l1
+
+        cols = list(train.columns)
+        xs, xt, xh = _dcr_matrices([syn[cols], train, holdout], train)
+        dists[method] = (_nearest_l1(xs, xt), _nearest_l1(xs, xh))
+        rows.append(rec)
+        print(f"[{name}] {method}: " + json.dumps({k: v for k, v in rec.items() if k in (
+            "fit_seconds", "rows_per_second", "valid_share")} | {"mle": rec.get("mle", {}).get("mean")}), flush=True)
+    result = {"dataset": name, "profile": profile, "task": ds.task, "target": ds.target, "train_rows": len(train),
+              "test_rows": len(ds.test), "versions": _versions(), "runs": rows}
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    (out_dir / f"{name}.md").write_text(markdown(name, profile, rows))
+    if synthetic:
+        figures(name, train, synthetic, dists, out_dir)
+    return result
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="+", default=["adult"], choices=["adult", "magic", "beijing"])
+    ap.add_argument("--methods", nargs="+", default=["real", "difflm", "ctgan", "tvae", "gaussian_copula"],
+                    choices=sorted(METHODS))
+    ap.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    for name in args.datasets:
+        r = run_dataset(name, args.methods, args.profile, args.seed)
+        print(markdown(name, args.profile, r["runs"]))
+
+
+if __name__ == "__main__":
+    main()
