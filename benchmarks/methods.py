@@ -50,6 +50,13 @@ def _takes_dict(s) -> bool:
     return int(sdv.__version__.split(".")[0]) >= 2
 
 
+def _tabsyn(train: pd.DataFrame, budget_s: float, seed: int, **kw):
+    from .baselines.tabsyn import TabSyn
+
+    s = TabSyn(seed=seed).fit(train, budget_s)
+    return lambda n: (s.sample(n), None)
+
+
 def _real(train: pd.DataFrame, budget_s: float, seed: int, **kw):
     def sample(n):
         return train.sample(n, replace=n > len(train), random_state=seed).reset_index(drop=True), 1.0
@@ -59,6 +66,7 @@ def _real(train: pd.DataFrame, budget_s: float, seed: int, **kw):
 
 METHODS = {
     "real": _real,
+    "tabsyn": _tabsyn,
     "difflm": _difflm,
     "ctgan": _sdv("ctgan"),
     "tvae": _sdv("tvae"),

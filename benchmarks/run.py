@@ -161,7 +161,7 @@ def markdown(name, profile, rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_dataset(name, methods, profile, seed=0):
+def run_dataset(name, methods, profile, seed=0, merge=False):
     cfg = PROFILES[profile]
     ds = load_benchmark(name)
     pool = ds.train.sample(frac=1.0, random_state=seed).reset_index(drop=True)
@@ -204,10 +204,18 @@ def run_dataset(name, methods, profile, seed=0):
             "fit_seconds", "rows_per_second", "valid_share")} | {"mle": rec.get("mle", {}).get("mean")}), flush=True)
     result = {"dataset": name, "profile": profile, "task": ds.task, "target": ds.target, "train_rows": len(train),
               "test_rows": len(ds.test), "versions": _versions(), "runs": rows}
-    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    path = out_dir / f"{name}.json"
+    suffix = ""
+    if merge and path.exists():  # keep earlier runs of other methods on the same rows
+        old = json.loads(path.read_text())
+        if old.get("train_rows") == len(train):
+            kept = [r for r in old["runs"] if r["method"] not in methods]
+            result["runs"] = rows = kept + rows
+            suffix = "_" + "_".join(methods)
+    path.write_text(json.dumps(result, indent=1, default=float))
     (out_dir / f"{name}.md").write_text(markdown(name, profile, rows))
     if synthetic:
-        figures(name, train, synthetic, dists, out_dir)
+        figures(name + suffix, train, synthetic, dists, out_dir)
     return result
 
 
@@ -218,9 +226,10 @@ def main(argv=None):
                     choices=sorted(METHODS))
     ap.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--merge", action="store_true", help="add to an existing result file instead of replacing it")
     args = ap.parse_args(argv)
     for name in args.datasets:
-        r = run_dataset(name, args.methods, args.profile, args.seed)
+        r = run_dataset(name, args.methods, args.profile, args.seed, merge=args.merge)
         print(markdown(name, args.profile, r["runs"]))
 
 

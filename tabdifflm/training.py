@@ -195,9 +195,9 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
 
 
 def train_diffusion(latents: torch.Tensor, *, steps: int, deadline: float, batch_size: int = 512, lr: float = 1e-3,
-                    hidden: int = 1024, generator=None, verbose=True):
+                    hidden: int = 1024, t_dim: int = 256, generator=None, verbose=True):
     """Fit the EDM denoiser on normalised latents [N, D]. Returns (denoiser, loss history)."""
-    net = MLPDenoiser(latents.shape[1], hidden=hidden)
+    net = MLPDenoiser(latents.shape[1], hidden=hidden, t_dim=t_dim)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
     history = []

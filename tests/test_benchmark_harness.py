@@ -37,3 +37,10 @@ def test_runner_records_every_method_and_reports_failures(tiny_profile):
     assert "| broken | failed" in table and "| real | ok" in table
     for fig in ("magic_columns.png", "magic_dcr.png", "magic_corr_diff.png"):
         assert (tiny_profile / "test" / fig).stat().st_size > 1000
+
+
+def test_merge_keeps_other_methods(tiny_profile):
+    bench.run_dataset("magic", ["real"], "test")
+    res = bench.run_dataset("magic", ["gaussian_copula"], "test", merge=True)
+    assert [r["method"] for r in res["runs"]] == ["real", "gaussian_copula"]
+    assert (tiny_profile / "test" / "magic_gaussian_copula_columns.png").exists()
