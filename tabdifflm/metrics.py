@@ -208,7 +208,7 @@ def _nearest_l1(x: np.ndarray, ref: np.ndarray, chunk: int = 512) -> np.ndarray:
 
 
 def dcr(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_holdout: pd.DataFrame,
-        sdmetrics_subsample: int | None = 2000) -> dict:
+        sdmetrics_subsample: int | None = None) -> dict:
     """Distance to closest record.
 
     ``share_closer_to_train``: TabSyn's score, the share of synthetic rows whose L1 distance (numbers
@@ -216,6 +216,8 @@ def dcr(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_holdout: pd.Data
     nearest holdout row; with equal-size train and holdout, 0.5 is ideal and a copy of the training data
     scores 1.0. Also the SDMetrics ``DCROverfittingProtection`` and ``DCRBaselineProtection`` scores
     (1 is best) and ``exact_copies``: synthetic rows identical to a training row.
+    ``sdmetrics_subsample`` (rows) speeds SDMetrics up on large tables; it subsamples synthetic and real
+    rows independently, so a copied row may miss its original: leave it None for exact scores.
     """
     cols = list(real_train.columns)
     syn = synthetic[cols].reset_index(drop=True)
