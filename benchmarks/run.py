@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tabdifflm.datasets import load_benchmark
-from tabdifflm.metrics import dcr, detection, fidelity, mle
+from tabdifflm.metrics import dcr, dcr_distances, detection, fidelity, mle
 
 from .methods import METHODS
 
@@ -187,18 +187,14 @@ def run_dataset(name, methods, profile, seed=0, merge=False):
                    rows_per_second=len(syn) / max(res["sample_seconds"], 1e-9), peak_rss_mb=res["peak_rss_mb"],
                    first_try_valid_share=res["first_try_valid_share"], valid_share=valid_share(syn, train))
         try:
+            dists[method] = dcr_distances(syn, train, holdout)  # computed once: for the metric and the figure
             rec["mle"] = mle(syn, ds.test, ds.target, ds.task, seeds=tuple(range(cfg["mle_seeds"])))
             rec["fidelity"] = fidelity(syn, train)
-            rec["dcr"] = dcr(syn, train, holdout)
+            rec["dcr"] = dcr(syn, train, holdout, distances=dists[method])
             rec["detection"] = detection(syn, train)
         except Exception as e:  # a metric failing on one method's output is that method's failure
             rec.update(status="failed", error=f"metrics: {type(e).__name__}: {e}")
         synthetic[method] = syn
-        from tabdifflm.metrics import _dcr_matrices, _nearest_l1
-
-        cols = list(train.columns)
-        xs, xt, xh = _dcr_matrices([syn[cols], train, holdout], train)
-        dists[method] = (_nearest_l1(xs, xt), _nearest_l1(xs, xh))
         rows.append(rec)
         print(f"[{name}] {method}: " + json.dumps({k: v for k, v in rec.items() if k in (
             "fit_seconds", "rows_per_second", "valid_share")} | {"mle": rec.get("mle", {}).get("mean")}), flush=True)

@@ -30,7 +30,7 @@ def decode(s: DiffLMSynthesizer, z: torch.Tensor, temperature: float, seed: int 
     for i in range(0, len(z), 250):
         for t in generate_tokens(s._decoder, s.injector_, s._grammar, z[i:i + 250], temperature, generator=g):
             rows.append(s._grammar.decode(t))
-    return build_frame({c.name: [r[k] for r in rows] for k, c in enumerate(s.schema_.columns)}, s.schema_)
+    return build_frame(rows, s.schema_)
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 - :func:`mle`: machine-learning efficiency (train XGBoost on synthetic rows, test on real ones).
 - :func:`fidelity`: SDMetrics Column Shapes and Column Pair Trends.
-- :func:`dcr`: distance to closest record (TabSyn's share, SDMetrics' protections, exact copies).
+- :func:`dcr`: distance to closest record (TabSyn's share, SDMetrics' protections, exact copies);
+  :func:`dcr_distances` gives the per-row distances.
 - :func:`detection`: SDMetrics LogisticDetection.
 """
 from __future__ import annotations
@@ -57,8 +58,13 @@ def fidelity(synthetic: pd.DataFrame, real_train: pd.DataFrame) -> dict:
     return out
 
 
-def _feature_frame(df: pd.DataFrame, target) -> pd.DataFrame:
-    return df.drop(columns=[target])
+def _as_numbers(s: pd.Series) -> pd.Series | None:
+    """A column as floats if it holds numbers or datetimes (as int64 ns); None for categorical columns."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        s = s.astype("int64")
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        return s.astype(float)
+    return None
 
 
 class _Features:
@@ -68,11 +74,8 @@ class _Features:
     def fit(self, X: pd.DataFrame):
         self.num, self.cat, self.log, self.lo, self.hi = [], [], set(), {}, {}
         for c in X.columns:
-            s = X[c]
-            if pd.api.types.is_datetime64_any_dtype(s):
-                s = s.astype("int64")
-            if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-                x = s.astype(float)
+            x = _as_numbers(X[c])
+            if x is not None:
                 self.num.append(c)
                 if x.min() >= 0 and x.max() >= 1e3:
                     self.log.add(c)
@@ -90,10 +93,7 @@ class _Features:
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         cols = []
         for c in self.num:
-            s = X[c]
-            if pd.api.types.is_datetime64_any_dtype(s):
-                s = s.astype("int64")
-            x = s.astype(float).fillna(self.lo[c]).to_numpy()
+            x = _as_numbers(X[c]).fillna(self.lo[c]).to_numpy()
             if c in self.log:
                 x = np.log(np.maximum(x, 1e-2))
             cols.append(((x - self.lo[c]) / ((self.hi[c] - self.lo[c]) or 1.0))[:, None])
@@ -107,8 +107,6 @@ def _score(task, y_true, pred) -> float:
 
     if task == "regression":
         return float(np.sqrt(mean_squared_error(y_true, pred)))
-    if pred.ndim == 2 and pred.shape[1] == 2:
-        pred = pred[:, 1]
     if len(np.unique(y_true)) < 2:
         return float("nan")
     return float(roc_auc_score(y_true, pred, multi_class="ovr") if pred.ndim == 2 else roc_auc_score(y_true, pred))
@@ -134,8 +132,9 @@ def mle(synthetic: pd.DataFrame, real_test: pd.DataFrame, target, task: str, see
     grid = MLE_GRID if grid is None else grid
     syn = synthetic.dropna(subset=[target]).reset_index(drop=True)
     test = real_test.dropna(subset=[target]).reset_index(drop=True)
-    feats = _Features().fit(_feature_frame(syn, target))
-    X, Xt = feats.transform(_feature_frame(syn, target)), feats.transform(_feature_frame(test, target))
+    features = syn.drop(columns=[target])
+    feats = _Features().fit(features)
+    X, Xt = feats.transform(features), feats.transform(test.drop(columns=[target]))
     if task == "regression":
         y = np.log(np.clip(syn[target].astype(float).to_numpy(), 1, 20000))
         yt = np.log(np.clip(test[target].astype(float).to_numpy(), 1, 20000))
@@ -187,13 +186,11 @@ def _dcr_matrices(frames: list[pd.DataFrame], ref: pd.DataFrame) -> list[np.ndar
     out = [[] for _ in frames]
     for c in ref.columns:
         cols = [f[c] for f in frames]
-        b = ref[c]
-        if pd.api.types.is_datetime64_any_dtype(b):
-            cols, b = [x.astype("int64") for x in cols], b.astype("int64")
-        if pd.api.types.is_numeric_dtype(b) and not pd.api.types.is_bool_dtype(b):
+        b = _as_numbers(ref[c])
+        if b is not None:
             lo, hi = float(b.min()), float(b.max())
             for o, x in zip(out, cols):
-                o.append(((x.astype(float).fillna(lo) - lo) / ((hi - lo) or 1.0)).to_numpy()[:, None])
+                o.append(((_as_numbers(x).fillna(lo) - lo) / ((hi - lo) or 1.0)).to_numpy()[:, None])
         else:
             cats = pd.Index(pd.unique(pd.concat(cols).astype(str)))
             eye = np.eye(len(cats))
@@ -207,8 +204,20 @@ def _nearest_l1(x: np.ndarray, ref: np.ndarray, chunk: int = 512) -> np.ndarray:
     return torch.cat([torch.cdist(xt[i:i + chunk], rt, p=1).min(1).values for i in range(0, len(xt), chunk)]).numpy()
 
 
+def dcr_distances(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_holdout: pd.DataFrame):
+    """L1 distance of each synthetic row to its nearest training row and nearest holdout row.
+
+    Numbers are scaled by the training range, categories one-hot. Returns (d_train [n], d_holdout [n]).
+    """
+    cols = list(real_train.columns)
+    frames = [synthetic[cols].reset_index(drop=True), real_train[cols].reset_index(drop=True),
+              real_holdout[cols].reset_index(drop=True)]
+    x_syn, x_tr, x_ho = _dcr_matrices(frames, frames[1])
+    return _nearest_l1(x_syn, x_tr), _nearest_l1(x_syn, x_ho)
+
+
 def dcr(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_holdout: pd.DataFrame,
-        sdmetrics_subsample: int | None = None) -> dict:
+        sdmetrics_subsample: int | None = None, distances=None) -> dict:
     """Distance to closest record.
 
     ``share_closer_to_train``: TabSyn's score, the share of synthetic rows whose L1 distance (numbers
@@ -218,12 +227,11 @@ def dcr(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_holdout: pd.Data
     (1 is best) and ``exact_copies``: synthetic rows identical to a training row.
     ``sdmetrics_subsample`` (rows) speeds SDMetrics up on large tables; it subsamples synthetic and real
     rows independently, so a copied row may miss its original: leave it None for exact scores.
+    ``distances``: the result of :func:`dcr_distances` for these frames, if already computed.
     """
     cols = list(real_train.columns)
     syn = synthetic[cols].reset_index(drop=True)
-    train, hold = real_train[cols].reset_index(drop=True), real_holdout[cols].reset_index(drop=True)
-    x_syn, x_tr, x_ho = _dcr_matrices([syn, train, hold], train)
-    d_tr, d_ho = _nearest_l1(x_syn, x_tr), _nearest_l1(x_syn, x_ho)
+    d_tr, d_ho = distances if distances is not None else dcr_distances(syn, real_train, real_holdout)
     out = {"share_closer_to_train": float((d_tr < d_ho).mean()), "median_dcr_train": float(np.median(d_tr)),
            "median_dcr_holdout": float(np.median(d_ho)),
            "exact_copies": int(syn.merge(real_train[cols].drop_duplicates(), how="inner").shape[0])}

@@ -176,14 +176,14 @@ def infer_schema(df: pd.DataFrame) -> Schema:
     return Schema([_infer_column(name, df[name]) for name in df.columns])
 
 
-def build_frame(columns: dict, schema: Schema) -> pd.DataFrame:
-    """Rebuild a DataFrame with the schema's column order and dtypes.
+def build_frame(rows: list, schema: Schema) -> pd.DataFrame:
+    """Rows of plain Python values in schema order -> DataFrame with the schema's columns and dtypes.
 
-    columns: name -> list of Python values (NaN/None for missing; datetimes as epoch ns ints).
+    The inverse of :func:`frame_rows`: None for missing, datetimes as epoch ns ints.
     """
     out = {}
-    for c in schema.columns:
-        vals = columns[c.name]
+    for i, c in enumerate(schema.columns):
+        vals = [r[i] for r in rows]
         n = len(vals)
         if c.kind == "numeric":
             x = np.array([np.nan if v is None else v for v in vals], dtype="float64")

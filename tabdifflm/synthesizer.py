@@ -287,8 +287,7 @@ class DiffLMSynthesizer(BaseEstimator):
         if len(got) < n:
             raise RuntimeError(f"only {len(got)} of {n} rows were valid after {self.max_sample_attempts} rounds "
                                f"({generated} generated); invalid values by column: {errors}")
-        cols = {c.name: [r[i] for r in got] for i, c in enumerate(self.schema_.columns)}
-        return build_frame(cols, self.schema_)
+        return build_frame(got, self.schema_)
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, path) -> None:

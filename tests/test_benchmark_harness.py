@@ -11,12 +11,10 @@ def tiny_profile(monkeypatch, tmp_path):
     monkeypatch.setitem(bench.PROFILES, "test", {"train_rows": 60, "budget_s": {"default": 30}, "epochs": 1,
                                                  "mle_seeds": 1})
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
-    monkeypatch.setattr(bench, "mle", lambda syn, test, target, task, seeds: bench.__dict__["_real_mle"](
-        syn, test.iloc[:300], target, task, seeds=seeds, grid=[dict(n_estimators=10, min_child_weight=1,
-                                                                     max_depth=3, gamma=0)]))
-    from tabdifflm.metrics import mle as real_mle
-
-    monkeypatch.setitem(bench.__dict__, "_real_mle", real_mle)
+    real_mle = bench.mle
+    grid = [dict(n_estimators=10, min_child_weight=1, max_depth=3, gamma=0)]
+    monkeypatch.setattr(bench, "mle", lambda syn, test, target, task, seeds: real_mle(
+        syn, test.iloc[:300], target, task, seeds=seeds, grid=grid))
     return tmp_path
 
 

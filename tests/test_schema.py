@@ -21,7 +21,7 @@ def test_infers_kinds_precision_and_missing(mixed_df):
 def test_rows_and_back_keep_values_and_dtypes(mixed_df):
     s = infer_schema(mixed_df)
     rows = frame_rows(mixed_df, s)
-    back = build_frame({c.name: [r[i] for r in rows] for i, c in enumerate(s.columns)}, s)
+    back = build_frame(rows, s)
     pd.testing.assert_frame_equal(back, mixed_df, check_exact=False, rtol=1e-12)
 
 
@@ -37,7 +37,7 @@ def test_timezone_and_seconds_survive():
     s = infer_schema(df)
     assert s.columns[0].dt_format == "%Y-%m-%d %H:%M:%S" and s.columns[0].tz == "Europe/Paris"
     rows = frame_rows(df, s)
-    back = build_frame({"t": [r[0] for r in rows]}, s)
+    back = build_frame(rows, s)
     pd.testing.assert_frame_equal(back, df)
 
 

@@ -1,7 +1,5 @@
-"""The TabSyn baseline trains, samples valid rows with the training dtypes, and its VAE learns."""
-import numpy as np
-import pandas as pd
-
+"""The TabSyn baseline trains for the epochs asked and samples rows with the training columns, dtypes and
+categories."""
 from benchmarks.baselines.tabsyn import TabSyn
 
 

@@ -47,7 +47,7 @@ def _transformer():
 class VAE(nn.Module):
     def __init__(self, n_num, cat_sizes):
         super().__init__()
-        self.n_num, self.cat_sizes = n_num, cat_sizes
+        self.n_num = n_num
         self.tok = Tokenizer(n_num, cat_sizes)
         self.enc_mu, self.enc_logvar, self.dec = _transformer(), _transformer(), _transformer()
         self.num_out = nn.Linear(D_TOKEN, 1)
@@ -79,9 +79,10 @@ class TabSyn:
         self.qt = QuantileTransformer(output_distribution="normal", n_quantiles=max(min(n // 30, 1000), 10),
                                       random_state=self.seed)
         x_num = self.qt.fit_transform(df[self.num].fillna(self.means).to_numpy()) if self.num else np.zeros((n, 0))
-        self.levels = [pd.Index(pd.unique(df[c].astype(object).where(df[c].notna(), None))) for c in self.cat]
-        x_cat = np.stack([lv.get_indexer(df[c].astype(object).where(df[c].notna(), None))
-                          for c, lv in zip(self.cat, self.levels)], 1) if self.cat else np.zeros((n, 0), int)
+        values = [df[c].astype(object).where(df[c].notna(), None) for c in self.cat]  # missing: its own level
+        self.levels = [pd.Index(pd.unique(v)) for v in values]
+        x_cat = np.stack([lv.get_indexer(v) for v, lv in zip(values, self.levels)], 1) if self.cat \
+            else np.zeros((n, 0), int)
         return torch.tensor(x_num, dtype=torch.float32), torch.tensor(x_cat, dtype=torch.long)
 
     def fit(self, df: pd.DataFrame, budget_s: float = 900):
