@@ -57,6 +57,18 @@ def _tabsyn(train: pd.DataFrame, budget_s: float, seed: int, **kw):
     return lambda n: (s.sample(n), None)
 
 
+def _great(train: pd.DataFrame, budget_s: float, seed: int, **kw):
+    from .baselines.great import GReaTBaseline
+
+    s = GReaTBaseline(seed=seed).fit(train, budget_s)
+
+    def sample(n):
+        out = s.sample(n, budget_s=budget_s)  # sampling gets its own budget of the same length
+        return out, s.first_try_valid_share_
+
+    return sample
+
+
 def _real(train: pd.DataFrame, budget_s: float, seed: int, **kw):
     def sample(n):
         return train.sample(n, replace=n > len(train), random_state=seed).reset_index(drop=True), 1.0
@@ -67,6 +79,7 @@ def _real(train: pd.DataFrame, budget_s: float, seed: int, **kw):
 METHODS = {
     "real": _real,
     "tabsyn": _tabsyn,
+    "great": _great,
     "difflm": _difflm,
     "ctgan": _sdv("ctgan"),
     "tvae": _sdv("tvae"),

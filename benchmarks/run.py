@@ -28,7 +28,7 @@ from .methods import METHODS
 RESULTS = Path(__file__).resolve().parent / "results"
 PROFILES = {
     # sized for a 2-core CPU: fixed train subsample shared by all methods, full real test set
-    "quick": {"train_rows": 2000, "budget_s": {"difflm": 1200, "default": 900}, "epochs": 300, "mle_seeds": 3},
+    "quick": {"train_rows": 2000, "budget_s": {"difflm": 1200, "great": 1200, "default": 900}, "epochs": 300, "mle_seeds": 3},
     # the papers' protocol on full data (for a GPU machine): fit on one half, the other half is the DCR holdout
     "full": {"train_rows": None, "budget_s": {"default": 4 * 3600}, "epochs": 1000, "mle_seeds": 5},
     # seconds-long run that exercises the whole harness (tests and smoke checks)
