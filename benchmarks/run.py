@@ -72,7 +72,7 @@ def valid_share(syn: pd.DataFrame, train: pd.DataFrame) -> float:
     for c in train.columns:
         if train[c].notna().all():
             ok &= syn[c].notna()
-        if not pd.api.types.is_numeric_dtype(train[c]):
+        if not pd.api.types.is_numeric_dtype(train[c]) or pd.api.types.is_bool_dtype(train[c]):
             ok &= syn[c].isna() | syn[c].astype(str).isin(set(train[c].dropna().astype(str)))
     return float(ok.mean())
 
@@ -146,17 +146,22 @@ def figures(name, train, synthetic: dict, dcr_dists: dict, out_dir: Path):
 
 def markdown(name, profile, rows) -> str:
     head = ("| method | status | MLE | shapes err % | trends err % | DCR closer to train | exact copies | "
-            "detection | valid | fit s | sample rows/s | peak MB |")
+            "detection | valid on first try | fit s | sample rows/s | peak MB |")
     lines = [f"### {name} ({profile} profile)", "", head, "|" + "---|" * 12]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['method']} | failed: {r['error'][:80]} |" + " |" * 10)
             continue
         m = r["mle"]
+        # first-try share where the method reports one (LLM methods regenerate or drop invalid rows)
+        valid = r["first_try_valid_share"] if r.get("first_try_valid_share") is not None else r["valid_share"]
+        valid = f"{valid * 100:.1f} %"
+        if r.get("rows", r["train_rows"]) < r["train_rows"]:
+            valid += f" ({r['rows']} rows)"
         lines.append(
             f"| {r['method']} | ok | {m['mean']:.3f} ± {m['std']:.3f} | {r['fidelity']['column_shapes_error']:.2f} | "
             f"{r['fidelity']['column_pair_trends_error']:.2f} | {r['dcr']['share_closer_to_train'] * 100:.1f} % | "
-            f"{r['dcr']['exact_copies']} | {r['detection']:.3f} | {r['valid_share'] * 100:.1f} % | "
+            f"{r['dcr']['exact_copies']} | {r['detection']:.3f} | {valid} | "
             f"{r['fit_seconds']:.0f} | {r['rows_per_second']:.1f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -183,7 +188,7 @@ def run_dataset(name, methods, profile, seed=0, merge=False):
             rows.append(rec)
             continue
         syn = res["synthetic"]
-        rec.update(status="ok", fit_seconds=res["fit_seconds"], sample_seconds=res["sample_seconds"],
+        rec.update(status="ok", rows=len(syn), fit_seconds=res["fit_seconds"], sample_seconds=res["sample_seconds"],
                    rows_per_second=len(syn) / max(res["sample_seconds"], 1e-9), peak_rss_mb=res["peak_rss_mb"],
                    first_try_valid_share=res["first_try_valid_share"], valid_share=valid_share(syn, train))
         try:

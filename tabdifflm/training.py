@@ -217,5 +217,7 @@ def train_diffusion(latents: torch.Tensor, *, steps: int, deadline: float, batch
             bar.set_postfix(loss=f"{ema:.3f}")
         if time.monotonic() > deadline:
             break
+    if history and history[-1]["step"] != step:  # the last entry tells how many steps ran
+        history.append({"step": step, "loss": round(ema, 4)})
     net.eval()
     return net, history

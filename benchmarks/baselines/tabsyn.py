@@ -135,9 +135,10 @@ class TabSyn:
             mu, _ = self.vae.encode(x_num, x_cat)
         lat = mu[:, 1:].flatten(1)
         self.lat_mean = lat.mean(0)
-        self.denoiser, _ = train_diffusion((lat - self.lat_mean) / 2, steps=self.diffusion_steps,
+        self.denoiser, hist = train_diffusion((lat - self.lat_mean) / 2, steps=self.diffusion_steps,
                                            deadline=t0 + 0.97 * budget_s, batch_size=self.batch_size, hidden=2048,
                                            t_dim=1024, generator=g, verbose=False)
+        self.diffusion_steps_run_ = hist[-1]["step"] + 1 if hist else 0
         return self
 
     @torch.no_grad()
