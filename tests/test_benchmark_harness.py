@@ -24,7 +24,7 @@ def test_runner_records_every_method_and_reports_failures(tiny_profile):
     by = {r["method"]: r for r in res["runs"]}
     assert by["broken"]["status"] == "failed" and "KeyError: 'broken'" in by["broken"]["error"]
     real = by["real"]
-    assert real["status"] == "ok" and real["valid_share"] == 1.0
+    assert real["status"] == "ok" and real["valid_share"] == 1.0 and real["rows"] == 60
     assert real["dcr"]["exact_copies"] == 60 and real["dcr"]["share_closer_to_train"] > 0.95
     assert by["gaussian_copula"]["status"] == "ok" and by["gaussian_copula"]["dcr"]["exact_copies"] == 0
     for key in ("fit_seconds", "sample_seconds", "rows_per_second", "peak_rss_mb", "mle", "fidelity", "detection"):
