@@ -129,13 +129,15 @@ class GReaTBaseline:
         self._seed()
         self.train_ = train.reset_index(drop=True)
         llm = great_llm_dir(self.decoder)
-        bf16 = resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16 and not torch.cuda.is_available()
+        # one device for fitting and sampling; bf16 wherever it is native there, as for DiffLM's decoder
+        self.device_ = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        bf16 = resolve_dtype("auto", self.device_) == torch.bfloat16
         workdir = tempfile.mkdtemp(prefix="great-")  # GReaT's experiment_dir; nothing is kept there
         self.model_ = GReaT(llm, experiment_dir=workdir, epochs=10_000, batch_size=self.batch_size,
                             efficient_finetuning="lora", lora_config={"r": self.lora_r, "lora_alpha": 2 * self.lora_r},
                             learning_rate=self.learning_rate, lr_scheduler_type="constant_with_warmup",
                             warmup_steps=20, save_strategy="no", logging_steps=25, bf16=bf16,
-                            use_cpu=not torch.cuda.is_available(), seed=self.seed,
+                            use_cpu=self.device_.type == "cpu", seed=self.seed,
                             data_seed=self.seed)
         # Longest training row in GReaT's text form, plus room for the start prompt's padding.
         tok = self.model_.tokenizer
@@ -186,7 +188,7 @@ class GReaTBaseline:
             while sum(map(len, batches)) < n and (deadline is None or time.monotonic() < deadline):
                 # one parsed row ends GReaT's inner loop, so the deadline is checked after every batch
                 model.sample(1, k=self.sample_batch, max_length=self.max_length_,
-                             temperature=self.temperature, device="cpu")
+                             temperature=self.temperature, device=str(self.device_))
         self.texts_generated_ = generated
         out = pd.concat(batches, ignore_index=True) if batches else clean_rows(
             pd.DataFrame(columns=self.train_.columns), self.train_)
