@@ -41,21 +41,23 @@ def load_backbone(encoder, weights: bool = True):
 
 
 class RowEncoder(nn.Module):
-    """Text encoder + pooling + ``Linear(hidden, 2 * latent_dim, bias=False)``.
+    """Text encoder + pooling (+ exact row features) + ``Linear(hidden + n_features, 2 * latent_dim, bias=False)``.
 
-    forward(input_ids [B, T], attention_mask [B, T]) -> (mu [B, D], logvar [B, D]).
+    forward(input_ids [B, T], attention_mask [B, T], features [B, F] or None) -> (mu [B, D], logvar [B, D]).
     Pooling is mean over tokens for encoder models (MiniLM's own), the last real token for decoder LMs.
+    ``n_features=0`` is the paper's encoder (text only); see :mod:`tabdifflm.features`.
     """
 
-    def __init__(self, backbone: nn.Module, latent_dim: int):
+    def __init__(self, backbone: nn.Module, latent_dim: int, n_features: int = 0):
         super().__init__()
         self.backbone = backbone
         cfg = backbone.config
         self.pool = "last" if (getattr(cfg, "is_decoder", False) or cfg.model_type in _DECODER_TYPES) else "mean"
-        self.head = nn.Linear(cfg.hidden_size, 2 * latent_dim, bias=False)
+        self.n_features = n_features
+        self.head = nn.Linear(cfg.hidden_size + n_features, 2 * latent_dim, bias=False)
         nn.init.normal_(self.head.weight, std=0.02)
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, features=None):
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         if self.pool == "mean":
@@ -63,5 +65,7 @@ class RowEncoder(nn.Module):
         else:
             last = attention_mask.sum(1) - 1
             pooled = h[torch.arange(h.shape[0], device=h.device), last]
+        if self.n_features:
+            pooled = torch.cat([pooled, features.to(pooled.device, pooled.dtype)], -1)
         mu, logvar = self.head(pooled).chunk(2, dim=-1)
         return mu, logvar.clamp(-10, 10)

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from .schema import ColumnSpec
-from .serialization import RowFormat, parse_datetime
+from .serialization import RowFormat, int_widths, parse_datetime
 
 END = -1
 DONE = ("D",)
@@ -53,6 +53,7 @@ class CategoricalGrammar:
         self.col = col
         self.children: list[dict[int, int]] = [{}]
         self.leaf: list[int | None] = [None]  # index into values, -1 = missing
+        self.depth: list[int] = [0]
         self.seqs = {}
         entries = [(fmt.category_text(col, v), i) for i, v in enumerate(col.categories)]
         if col.has_missing:
@@ -67,6 +68,7 @@ class CategoricalGrammar:
                     self.children[node][t] = nxt
                     self.children.append({})
                     self.leaf.append(None)
+                    self.depth.append(self.depth[node] + 1)
                 node = nxt
             if self.leaf[node] is not None:
                 raise ValueError(f"column {col.name!r}: two values share the token sequence of {text!r}")
@@ -87,6 +89,13 @@ class CategoricalGrammar:
     def step(self, s, tok):
         return self.children[s][tok]
 
+    def position(self, s) -> int:
+        """Tokens of the value written before state s."""
+        return self.depth[s]
+
+    def tokens(self) -> set[int]:
+        return {t for ch in self.children for t in ch}
+
     def encode(self, v) -> list[int]:
         return self.seqs[-1 if v is None else self.col.categories.index(v)]
 
@@ -104,6 +113,9 @@ class _CharGrammar:
         self.tok = {c: char_token(tokenizer, c) for c in chars}
         self.char = {t: c for c, t in self.tok.items()}
         self.missing = tokenizer.encode(fmt.missing_text, add_special_tokens=False) if fmt.missing_text else []
+
+    def tokens(self) -> set[int]:
+        return set(self.tok.values()) | set(self.missing)
 
     def _missing_allowed(self, s):
         # state ("m", k): inside the missing marker
@@ -137,6 +149,8 @@ class NumericGrammar(_CharGrammar):
     digit automaton over [a, b] (state: digits so far and how the prefix compares with a's and b's
     prefixes, so an age in [17, 90] cannot be 5 or 123); its decimals a fixed-width one whose bounds
     are tight only when the integer part sits on a bound. Every finished number is in range.
+    With the format's fixed-width numbers the integer part is a fixed-width automaton over the
+    zero-padded bounds instead, so the first digit written is always the most significant one.
     """
 
     def __init__(self, col, fmt, tokenizer):
@@ -144,15 +158,19 @@ class NumericGrammar(_CharGrammar):
         p = self.decimals = 0 if col.is_int else col.decimals
         lo, hi = round(col.min * 10 ** p), round(col.max * 10 ** p)
         pos = (max(lo, 0), hi) if hi >= 0 else None
-        neg = (max(-hi, 1 if p == 0 else 0), -lo) if lo < 0 else None
+        neg = (max(-hi, 1), -lo) if lo < 0 else None  # zero is written without a sign
         self.units = {False: pos, True: neg}
         self.ranges = {k: (v[0] // 10 ** p, v[1] // 10 ** p) if v else None for k, v in self.units.items()}
         self.max_int = max(len(str(r[1])) for r in self.ranges.values() if r)
         self.digits = tuple(self.tok[c] for c in "0123456789")
+        self.width = int_widths(col) if fmt.fixed_width else None
 
     def _extend(self, neg, k, c_lo, c_hi, zero, d):
         """New (c_lo, c_hi) after appending digit d to the integer part, or None if no number in range starts so."""
         a, b = self.ranges[neg]
+        if self.width is not None:
+            w = self.width[neg]
+            return _fixed_step(c_lo, c_hi, d, str(a).zfill(w), str(b).zfill(w), k) if k < w else None
         sa, sb = str(a), str(b)
         if zero or (k == 0 and d == 0 and a != 0):
             return None
@@ -169,6 +187,9 @@ class NumericGrammar(_CharGrammar):
     def _int_done(self, neg, k, c_lo, c_hi):
         """(integer part is in range, equals the lower bound, equals the upper bound)."""
         a, b = self.ranges[neg]
+        if self.width is not None:
+            full = k == self.width[neg]
+            return full, full and c_lo == 0, full and c_hi == 0
         la, lb = len(str(a)), len(str(b))
         ok = k >= 1 and la <= k <= lb and (k > la or c_lo >= 0) and (k < lb or c_hi <= 0)
         return ok, k == la and c_lo == 0, k == lb and c_hi == 0
@@ -219,12 +240,22 @@ class NumericGrammar(_CharGrammar):
                 _, eq_lo, eq_hi = self._int_done(neg, k, c_lo, c_hi)
                 return ("f", neg, 0, 0 if eq_lo else 1, 0 if eq_hi else -1, eq_lo, eq_hi)
             c_lo2, c_hi2 = self._extend(neg, k, c_lo, c_hi, zero, int(c))
-            return ("i", neg, k + 1, c_lo2, c_hi2, k == 0 and c == "0")
+            return ("i", neg, k + 1, c_lo2, c_hi2, k == 0 and c == "0" and self.width is None)
         if kind == "f":
             neg, j, c_lo, c_hi, eq_lo, eq_hi = s[1:]
             lo, hi = self._dec_bounds(neg, eq_lo, eq_hi)
             return ("f", neg, j + 1, *_fixed_step(c_lo, c_hi, int(c), lo, hi, j), eq_lo, eq_hi)
         return ("m", s[1] + 1)
+
+    def position(self, s) -> int:
+        kind = s[0]
+        if kind == "s":
+            return 0
+        if kind == "i":
+            return int(s[1]) + s[2]
+        if kind == "f":
+            return int(s[1]) + (self.width[s[1]] if self.width else self.max_int) + 1 + s[2]
+        return s[1]
 
     def finish(self, s, toks):
         if s[0] == "m" or (s[0] == "s" and not toks):
@@ -295,6 +326,12 @@ class DatetimeGrammar(_CharGrammar):
         c_lo, c_hi = _fixed_step(c_lo, c_hi, int(self.char[tok]), seg[1], seg[2], j)
         return ("p", i + 1, 0, 0, 0) if j + 1 == len(seg[1]) else ("p", i, j + 1, c_lo, c_hi)
 
+    def position(self, s) -> int:
+        if s[0] == "m":
+            return s[1]
+        _, i, j = s[:3]
+        return sum(len(seg[1]) if seg[0] == "num" else 1 for seg in self.segments[:i]) + j
+
     def finish(self, s, toks):
         if s[0] == "m" or not toks:
             return None
@@ -311,11 +348,19 @@ class DatetimeGrammar(_CharGrammar):
         return int(min(max(ns, self.col.min), self.col.max))
 
 
+MAX_POSITIONS = 12  # value positions with their own latent logit group; later ones share the last
+
+
 class RowGrammar:
     """The automaton of a whole row, with interned integer states for fast batched use.
 
     ``allowed_ids[state]`` is a LongTensor of the tokens allowed in that state; ``next_state(state, tok)``
     moves on; state ``done`` means the row is complete.
+
+    ``vocab`` [K] lists every token the grammar can ever emit (a few hundred of the decoder's tens of
+    thousands), so logits are computed for those only; ``local_mask(states)`` [N, K] says which of them
+    each state allows. ``group(state)`` names the (column, position in the value) a choice belongs to,
+    for the latent logit head; -1 for literal text.
     """
 
     def __init__(self, fmt: RowFormat, tokenizer):
@@ -340,6 +385,18 @@ class RowGrammar:
         self._allowed: list[tuple] = []
         self._trans: dict[tuple[int, int], int] = {}
         self.allowed_ids: list[torch.Tensor] = []
+        toks = {t for lit in self.lits for t in lit}
+        self.group_offsets, n = [], 0
+        for g in self.cols:
+            toks |= g.tokens()
+            self.group_offsets.append(n)
+            n += min(self._value_len(g), MAX_POSITIONS)
+        self.n_groups = max(n, 1)
+        self.vocab = torch.tensor(sorted(toks), dtype=torch.long)
+        self._local = {t: k for k, t in enumerate(self.vocab.tolist())}
+        self._groups: list[int] = []
+        self._columns: list[int] = []
+        self._mask = torch.zeros(0, len(self.vocab), dtype=torch.bool)
         self.start = self._intern(self._enter_literal(0, 0))
         self.done = self._intern(DONE)
 
@@ -360,7 +417,50 @@ class RowGrammar:
             a = self._compute_allowed(st)
             self._allowed.append(a)
             self.allowed_ids.append(torch.tensor(a, dtype=torch.long))
+            self._columns.append(st[1] if st[0] == "V" else -1)
+            if st[0] == "V":
+                g = self.cols[st[1]]
+                pos = min(g.position(st[2]), min(self._value_len(g), MAX_POSITIONS) - 1)
+                self._groups.append(self.group_offsets[st[1]] + pos)
+            else:
+                self._groups.append(-1)
         return sid
+
+    @property
+    def K(self) -> int:
+        """Size of the grammar's sub-vocabulary."""
+        return len(self.vocab)
+
+    def local_mask(self, sids: torch.Tensor) -> torch.Tensor:
+        """States [N] -> bool [N, K]: which sub-vocabulary tokens each state allows."""
+        n = len(self._states)
+        if self._mask.shape[0] < n:  # states are interned lazily: add rows for the new ones
+            new = torch.zeros(n - self._mask.shape[0], self.K, dtype=torch.bool)
+            for r, sid in enumerate(range(self._mask.shape[0], n)):
+                new[r, [self._local[t] for t in self._allowed[sid]]] = True
+            self._mask = torch.cat([self._mask, new])
+        return self._mask[sids]
+
+    def to_local(self, toks: torch.Tensor) -> torch.Tensor:
+        """Decoder token ids -> indices into ``vocab`` (each must be a grammar token)."""
+        return torch.searchsorted(self.vocab, toks)
+
+    def groups(self, sids: torch.Tensor) -> torch.Tensor:
+        """States [N] -> latent logit group [N] (-1 outside values)."""
+        return torch.tensor(self._groups, dtype=torch.long)[sids]
+
+    def columns(self, sids: torch.Tensor) -> torch.Tensor:
+        """States [N] -> index of the column being written [N] (-1 for literal text)."""
+        return torch.tensor(self._columns, dtype=torch.long)[sids]
+
+    @staticmethod
+    def _value_len(g) -> int:
+        """Most tokens one value of the column can take."""
+        if isinstance(g, CategoricalGrammar):
+            return max(len(s) for s in g.seqs.values()) + 1
+        if isinstance(g, NumericGrammar):
+            return max(1 + g.max_int + 1 + g.decimals, len(g.missing)) + 1
+        return max(sum(len(seg[1]) if seg[0] == "num" else 1 for seg in g.segments), len(g.missing)) + 1
 
     def _compute_allowed(self, st) -> tuple:
         if st[0] == "D":
@@ -442,13 +542,5 @@ class RowGrammar:
 
     def max_tokens(self) -> int:
         """Upper bound on the tokens of one row (so generation always ends)."""
-        n = sum(len(lit) for lit in self.lits)
-        for g in self.cols:
-            if isinstance(g, CategoricalGrammar):
-                n += max(len(s) for s in g.seqs.values())
-            elif isinstance(g, NumericGrammar):
-                n += max(1 + g.max_int + 1 + g.decimals, len(g.missing))
-            else:
-                n += max(sum(len(seg[1]) if seg[0] == "num" else 1 for seg in g.segments), len(g.missing))
-        return n
+        return sum(len(lit) for lit in self.lits) + sum(self._value_len(g) - 1 for g in self.cols)
 

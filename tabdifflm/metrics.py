@@ -262,3 +262,45 @@ def detection(synthetic: pd.DataFrame, real: pd.DataFrame) -> float:
         warnings.simplefilter("ignore")
         return float(LogisticDetection.compute(real, synthetic.rename(columns=str)[list(real.columns)],
                                                sdmetrics_metadata(real)))
+
+
+def target_associations(df: pd.DataFrame, target, task: str) -> dict:
+    """How strongly each feature goes with the target, in [0, 1]: {feature: association}.
+
+    Classification: Cramér's V between the target and the feature (numbers and datetimes cut into 10
+    quantile bins first), so numeric and categorical features are on one scale and a multi-class target
+    works. Regression: |Pearson r| for numeric features, the correlation ratio eta for categorical ones.
+    Comparing real and synthetic values shows whether the rows keep the relationships a model learns.
+    """
+    y = df[target]
+    out = {}
+    for c in df.columns:
+        if c == target:
+            continue
+        x = _as_numbers(df[c])
+        if task == "regression":
+            yv = _as_numbers(y)
+            ok = yv.notna() & (x.notna() if x is not None else df[c].notna())
+            if x is not None:
+                r = np.corrcoef(x[ok], yv[ok])[0, 1] if ok.sum() > 2 and x[ok].std() > 0 else 0.0
+                out[c] = round(float(abs(np.nan_to_num(r))), 4)
+            else:  # correlation ratio: share of the target's variance explained by the categories
+                g = yv[ok].groupby(df[c][ok].astype(str))
+                tot = ((yv[ok] - yv[ok].mean()) ** 2).sum()
+                between = (g.count() * (g.mean() - yv[ok].mean()) ** 2).sum()
+                out[c] = round(float(np.sqrt(between / tot)) if tot > 0 else 0.0, 4)
+            continue
+        if x is not None:
+            xb = pd.qcut(x.rank(method="first"), 10, labels=False, duplicates="drop") if x.nunique() > 10 else x
+            xs = xb.astype("float").fillna(-1).astype(str)
+        else:
+            xs = df[c].astype(str)
+        tab = pd.crosstab(xs, y.astype(str)).to_numpy().astype(float)
+        n = tab.sum()
+        if n == 0 or min(tab.shape) < 2:
+            out[c] = 0.0
+            continue
+        expected = tab.sum(1, keepdims=True) * tab.sum(0, keepdims=True) / n
+        chi2 = ((tab - expected) ** 2 / np.where(expected > 0, expected, 1)).sum()
+        out[c] = round(float(np.sqrt(chi2 / n / (min(tab.shape) - 1))), 4)
+    return out

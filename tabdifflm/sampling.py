@@ -3,31 +3,33 @@ from __future__ import annotations
 
 import torch
 
-from .decoder import decoder_parts, run_base
-from .training import allowed_mask
+from .decoder import run_base
+from .logits import choice_logits
 
 
 @torch.no_grad()
-def generate_tokens(decoder, injector, grammar, z: torch.Tensor, temperature: float = 1.0, generator=None):
+def generate_tokens(decoder, injector, grammar, z: torch.Tensor, temperature: float = 1.0, generator=None,
+                    latent_head=None):
     """Write one row per latent. z [B, D] -> list of B token lists (each a complete row of the grammar).
 
     All rows advance in lockstep (one decoder call per token for the whole batch, reusing the KV cache);
     a row that is done is fed a dummy token and ignored. The grammar bounds every row's length, so this
-    always ends after at most ``grammar.max_tokens()`` steps.
+    always ends after at most ``grammar.max_tokens()`` steps. ``latent_head`` (optional) shifts each
+    choice's logits by the latent, exactly as in training (:func:`tabdifflm.logits.choice_logits`).
     """
-    base, head = decoder_parts(decoder)
+    base = decoder.base_model
     emb = decoder.get_input_embeddings()
     dtype = decoder.dtype
     device = next(decoder.parameters()).device
     B = z.shape[0]
-    cap = getattr(decoder.config, "final_logit_softcapping", None)
     h, cache = run_base(base, injector.prefix_embeds(z).to(dtype).to(device), injector.memory(z, dtype), True)
     h = h[:, -1]
     offset = injector.token_offset(z)
+    table = latent_head(z) if latent_head is not None else None  # [B, G, K]
     state = [grammar.start] * B
     rows = [[] for _ in range(B)]
     pad = grammar.lits[-1][-1]
-    vocab = head.weight.shape[0]
+    vocab = grammar.vocab
     for _ in range(grammar.max_tokens()):
         nxt = torch.full((B,), pad, dtype=torch.long)
         live = [b for b in range(B) if state[b] != grammar.done]
@@ -39,16 +41,14 @@ def generate_tokens(decoder, injector, grammar, z: torch.Tensor, temperature: fl
         choose = [b for b in live if grammar.n_choices(state[b]) > 1]
         if choose:
             idx = torch.tensor(choose)
-            logits = head(h[idx.to(h.device)]).float().cpu()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            mask = allowed_mask(grammar, torch.tensor([state[b] for b in choose]), vocab)
-            logits = logits.masked_fill(~mask, float("-inf"))
+            st = torch.tensor([state[b] for b in choose])
+            bias = None if table is None else table[idx.to(table.device), grammar.groups(st).to(table.device)]
+            logits = choice_logits(decoder, grammar, h[idx.to(h.device)], st, bias).cpu()
             if temperature <= 0:
                 pick = logits.argmax(-1)
             else:
                 pick = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
-            nxt[idx] = pick
+            nxt[idx] = vocab[pick]
         for b in live:
             t = int(nxt[b])
             rows[b].append(t)

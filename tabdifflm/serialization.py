@@ -21,20 +21,39 @@ import pandas as pd
 from .schema import ColumnSpec, Schema
 
 FORMATS = ("values", "json")
+NUMBER_FORMATS = ("plain", "fixed")
 
 
 class ParseError(ValueError):
     """A text that is not a valid row of the schema."""
 
 
-def format_number(x: float, col: ColumnSpec) -> str:
-    """Canonical text of a number: integers plainly, floats with exactly ``col.decimals`` decimals."""
+def format_number(x: float, col: ColumnSpec, fixed: bool = False) -> str:
+    """Canonical text of a number: integers plainly, floats with exactly ``col.decimals`` decimals.
+
+    ``fixed=True`` zero-pads the integer part to the column's widest integer part (per sign, see
+    :func:`int_widths`), so the first digit the decoder writes is always the most significant one
+    (``77516`` in a column up to 1,490,400 becomes ``0077516``).
+    """
     if col.is_int or col.decimals == 0:
-        return str(int(round(float(x))))
-    s = f"{float(x):.{col.decimals}f}"
-    if s.startswith("-") and float(s) == 0:
-        s = s[1:]
+        s = str(int(round(float(x))))
+    else:
+        s = f"{float(x):.{col.decimals}f}"
+        if s.startswith("-") and float(s) == 0:
+            s = s[1:]
+    if fixed:
+        neg = s.startswith("-")
+        body = s[1:] if neg else s
+        ip, dot, frac = body.partition(".")
+        s = ("-" if neg else "") + ip.zfill(int_widths(col)[neg]) + dot + frac
     return s
+
+
+def int_widths(col: ColumnSpec) -> dict[bool, int]:
+    """Digits of the widest integer part of the column's non-negative (False) and negative (True) values."""
+    p = 0 if col.is_int else col.decimals
+    lo, hi = round(col.min * 10 ** p), round(col.max * 10 ** p)
+    return {False: len(str(max(hi, 0) // 10 ** p)), True: len(str(max(-lo, 0) // 10 ** p))}
 
 
 def datetime_text(ns: int, col: ColumnSpec) -> str:
@@ -99,10 +118,15 @@ def is_missing(v) -> bool:
 class RowFormat:
     """How rows of one schema are written: ``literals()[i]`` comes before column i, the last after the last."""
 
-    def __init__(self, name: str, schema: Schema):
+    def __init__(self, name: str, schema: Schema, number_format: str = "plain"):
         if name not in FORMATS:
             raise ValueError(f"unknown serialisation format {name!r}; choose one of {FORMATS}")
+        if number_format not in NUMBER_FORMATS:
+            raise ValueError(f"unknown number format {number_format!r}; choose one of {NUMBER_FORMATS}")
+        if name == "json" and number_format == "fixed":
+            raise ValueError("number_format='fixed' needs serialization='values': JSON has no zero-padded numbers")
         self.name = name
+        self.fixed_width = number_format == "fixed"
         self.schema = schema
         self.missing_text = "" if name == "values" else "NaN"
         self._lookup = [{self.category_text(c, v): v for v in c.categories} for c in schema.columns]
@@ -127,7 +151,7 @@ class RowFormat:
         if is_missing(v):
             return self.missing_text
         if col.kind == "numeric":
-            return format_number(v, col)
+            return format_number(v, col, self.fixed_width)
         if col.kind == "datetime":
             a, b = self.datetime_wrap()
             return a + datetime_text(int(v), col) + b

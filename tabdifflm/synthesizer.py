@@ -17,15 +17,18 @@ from . import __version__
 from .decoder import DEFAULT_DECODER, fingerprint, load_decoder, resolve_dtype
 from .diffusion import MLPDenoiser, sample_heun
 from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
+from .features import RowFeaturizer
 from .grammar import InvalidValue, RowGrammar
 from .injection import METHODS, Injector
 from .persistence import ModelFileError, read_model_file, write_model_file
 from .sampling import generate_tokens
 from .schema import Schema, build_frame, check_frame, frame_rows, infer_schema
-from .serialization import FORMATS, RowFormat, encoder_text
-from .training import VAEData, mu_dev, train_diffusion, train_vae
+from .logits import LatentLogitHead
+from .serialization import FORMATS, NUMBER_FORMATS, RowFormat, encoder_text
+from .training import VAEData, choice_nll, mu_dev, pad_batch, train_diffusion, train_vae
 
 MIN_ROWS = 10
+LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "row_features": False, "column_loss": "token"}
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
 
@@ -55,6 +58,21 @@ class DiffLMSynthesizer(BaseEstimator):
         VAE latent size.
     serialization : {"values", "json"}
         Row text format; "json" is the paper's ``json.dumps(row)``.
+    number_format : {"auto", "fixed", "plain"}
+        "fixed" zero-pads each number's integer part to the column's widest, so the decoder commits to the
+        magnitude with its first digit; "plain" writes numbers as usual (the paper). "fixed" needs
+        serialization="values"; "auto" is "fixed" there and "plain" with "json".
+    latent_head : bool
+        Add the latent logit head: a linear map from the latent to logits for every (column, position)
+        choice, added to the frozen decoder's. It gives the latent a direct say over each column, so the
+        latent must carry them all (the target included). False = the paper's model.
+    row_features : bool
+        Give the encoder head each value exactly (numbers as training quantiles, categories one-hot) beside
+        the text encoder's pooled reading, so small but decisive columns reach the latent. False = the
+        paper's text-only encoder.
+    column_loss : {"column", "token"}
+        "column": every (row, column) cell weighs the same in the reconstruction loss (mean token NLL per
+        cell); "token": the paper's mean over tokens, where a long number outweighs a one-token class.
     max_beta, min_beta : float
         KL weight schedule: starts at max_beta, x0.7 when validation stalls, floor min_beta.
     max_epochs : int
@@ -77,7 +95,8 @@ class DiffLMSynthesizer(BaseEstimator):
     """
 
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
-                 latent_dim=64, serialization="values", max_beta=0.1, min_beta=1e-3, max_epochs=10, max_time=None,
+                 latent_dim=64, serialization="values", number_format="auto", latent_head=True,
+                 row_features=True, column_loss="column", max_beta=0.1, min_beta=1e-3, max_epochs=10, max_time=None,
                  batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
@@ -89,6 +108,10 @@ class DiffLMSynthesizer(BaseEstimator):
         self.n_prefix_tokens = n_prefix_tokens
         self.latent_dim = latent_dim
         self.serialization = serialization
+        self.number_format = number_format
+        self.latent_head = latent_head
+        self.row_features = row_features
+        self.column_loss = column_loss
         self.max_beta = max_beta
         self.min_beta = min_beta
         self.max_epochs = max_epochs
@@ -115,6 +138,16 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError(f"injection={self.injection!r}; choose one of {METHODS}")
         if self.serialization not in FORMATS:
             raise ValueError(f"serialization={self.serialization!r}; choose one of {FORMATS}")
+        if self.number_format not in NUMBER_FORMATS + ("auto",):
+            raise ValueError(f"number_format={self.number_format!r}; choose 'auto' or one of {NUMBER_FORMATS}")
+        if self.number_format == "fixed" and self.serialization != "values":
+            raise ValueError("number_format='fixed' needs serialization='values' (JSON has no zero-padded "
+                             "numbers); use number_format='plain' with serialization='json'")
+        if self.column_loss not in ("column", "token"):
+            raise ValueError(f"column_loss={self.column_loss!r}; choose 'column' or 'token'")
+        for name in ("latent_head", "row_features"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.prior not in ("diffusion", "gaussian"):
             raise ValueError(f"prior={self.prior!r}; choose 'diffusion' or 'gaussian'")
         for name in ("n_soft_tokens", "n_prefix_tokens", "latent_dim", "batch_size", "diffusion_steps",
@@ -135,26 +168,34 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
 
+    def _number_format(self) -> str:
+        if self.number_format == "auto":
+            return "fixed" if self.serialization == "values" else "plain"
+        return self.number_format
+
     def _device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-    def _setup(self, schema: Schema, seed: int, encoder_weights: bool):
+    def _setup(self, schema: Schema, seed: int, encoder_weights: bool, n_features: int = 0):
         """Build decoder, grammar, encoder and injector (random init, or architecture only)."""
         device = self._device()
         dtype = resolve_dtype(self.decoder_dtype, device)
         self._decoder, self._dec_tok, dec_src, dec_fp = _get_decoder(self.decoder, dtype, device)
-        self._grammar = RowGrammar(RowFormat(self.serialization, schema), self._dec_tok)
+        self._grammar = RowGrammar(RowFormat(self.serialization, schema, self._number_format()), self._dec_tok)
         backbone, self._enc_tok, enc_src = load_backbone(self.encoder, weights=encoder_weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            encoder = RowEncoder(backbone, self.latent_dim).to(device)
+            encoder = RowEncoder(backbone, self.latent_dim, n_features).to(device)
         injector = Injector(self.injection, self.latent_dim, self._decoder, self.n_soft_tokens,
                             self.n_prefix_tokens, seed=seed).to(device)
+        head = None
+        if self.latent_head:
+            head = LatentLogitHead(self.latent_dim, self._grammar.n_groups, self._grammar.K).to(device)
         ref = {"decoder": self.decoder if self.decoder is not None else DEFAULT_DECODER, "resolved": dec_src,
                "fingerprint": dec_fp, "dtype": str(dtype).replace("torch.", "")}
-        return encoder, injector, ref, {"encoder": self.encoder or DEFAULT_ENCODER, "resolved": enc_src}
+        return encoder, injector, head, ref, {"encoder": self.encoder or DEFAULT_ENCODER, "resolved": enc_src}
 
     # -- fit ---------------------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -175,12 +216,15 @@ class DiffLMSynthesizer(BaseEstimator):
     def _fit(self, df, schema, seed, t_start):
         n = len(df)
         gen = torch.Generator().manual_seed(seed)
-        encoder, injector, dec_ref, enc_ref = self._setup(schema, seed, encoder_weights=True)
-        grammar = self._grammar
         rows = frame_rows(df, schema)
+        featurizer = RowFeaturizer.fit(schema, rows) if self.row_features else None
+        encoder, injector, head, dec_ref, enc_ref = self._setup(
+            schema, seed, encoder_weights=True, n_features=featurizer.n_features if featurizer else 0)
+        grammar = self._grammar
         enc_texts = [encoder_text(schema, r) for r in rows]
         toks, states = zip(*(grammar.encode(r) for r in rows))
-        data = VAEData(self._enc_tok, enc_texts, list(toks), list(states), grammar.done)
+        data = VAEData(self._enc_tok, enc_texts, list(toks), list(states), grammar.done,
+                       features=featurizer.transform(rows) if featurizer else None)
 
         n_val = int(min(max(2, round(self.validation_size * n)), 256))
         perm = torch.randperm(n, generator=gen)
@@ -192,7 +236,8 @@ class DiffLMSynthesizer(BaseEstimator):
             encoder, injector, self._decoder, grammar, data, train_idx, val_idx, max_epochs=self.max_epochs,
             deadline=vae_deadline, batch_size=self.batch_size, learning_rate=self.learning_rate,
             encoder_learning_rate=self.encoder_learning_rate, max_beta=self.max_beta, min_beta=self.min_beta,
-            eval_every=self.eval_every, generator=gen, verbose=self.verbose)
+            eval_every=self.eval_every, latent_head=head, column_loss=self.column_loss, generator=gen,
+            verbose=self.verbose)
 
         mu = self._encode_means(encoder, data)
         self.latent_mean_ = mu.mean(0)
@@ -206,6 +251,8 @@ class DiffLMSynthesizer(BaseEstimator):
             self.latent_cov_ = torch.cov(zn.T) + 1e-6 * torch.eye(zn.shape[1])
         self.encoder_ = encoder
         self.injector_ = injector
+        self.latent_head_ = head
+        self.featurizer_ = featurizer
         self.schema_ = schema
         self.decoder_ref_ = dec_ref
         self.encoder_ref_ = enc_ref
@@ -213,6 +260,8 @@ class DiffLMSynthesizer(BaseEstimator):
         self.seed_ = seed
         self.n_features_in_ = df.shape[1]
         self.feature_names_in_ = np.asarray(df.columns, dtype=object)
+        self.tokens_per_row_ = float(np.mean([len(t) for t in toks]))
+        self.choices_per_row_ = float(np.mean([sum(grammar.n_choices(q) > 1 for q in st) for st in states]))
         self.fit_seconds_ = time.monotonic() - t_start
         self._sample_gen = torch.Generator().manual_seed(seed + 1)
         return self
@@ -222,8 +271,8 @@ class DiffLMSynthesizer(BaseEstimator):
         dev = mu_dev(encoder)
         out = []
         for s in range(0, len(data), batch):
-            ids, am, *_ = data.batch(range(s, min(s + batch, len(data))))
-            out.append(encoder(ids.to(dev), am.to(dev))[0].float().cpu())
+            ids, am, feats, *_ = data.batch(range(s, min(s + batch, len(data))))
+            out.append(encoder(ids.to(dev), am.to(dev), feats)[0].float().cpu())
         return torch.cat(out)
 
     # -- sample ------------------------------------------------------------------------------------------
@@ -237,6 +286,89 @@ class DiffLMSynthesizer(BaseEstimator):
             L = torch.linalg.cholesky(self.latent_cov_)
             zn = torch.randn(n, L.shape[0], generator=generator) @ L.T
         return zn * 2 + self.latent_mean_
+
+    def _rows_of(self, X) -> list[list]:
+        df = check_frame(X)
+        missing = [c for c in self.feature_names_in_ if c not in df.columns]
+        if missing:
+            raise ValueError(f"X lacks the training columns {missing}")
+        return frame_rows(df, self.schema_)
+
+    def encode(self, X) -> np.ndarray:
+        """Posterior means of the rows of X (a DataFrame with the training columns) -> [n, latent_dim]."""
+        check_is_fitted(self)
+        rows = self._rows_of(X)
+        texts = [encoder_text(self.schema_, r) for r in rows]
+        feats = self.featurizer_.transform(rows) if self.featurizer_ is not None else None
+        dev = mu_dev(self.encoder_)
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(texts), 64):
+                enc = self._enc_tok(texts[s:s + 64], padding=True, truncation=True, max_length=256,
+                                    return_tensors="pt")
+                f = None if feats is None else feats[s:s + 64]
+                out.append(self.encoder_(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), f)[0].float().cpu())
+        return torch.cat(out).numpy()
+
+    def decode(self, Z, temperature=None, random_state=None) -> pd.DataFrame:
+        """Rows written by the decoder from latents Z [n, latent_dim] (one row per latent, in order).
+
+        ``temperature`` defaults to the estimator's (0 = greedy). A row that breaks the schema (a date that
+        does not exist) is written again from the same latent, at most ``max_sample_attempts`` times.
+        """
+        check_is_fitted(self)
+        z = torch.as_tensor(np.asarray(Z, dtype=np.float32))
+        if z.ndim != 2 or z.shape[1] != self.latent_mean_.shape[0]:
+            raise ValueError(f"Z must have shape [n, {self.latent_mean_.shape[0]}], got {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise ValueError("Z contains NaN or infinite values")
+        temp = self.temperature if temperature is None else float(temperature)
+        gen = torch.Generator().manual_seed(int(check_random_state(random_state).randint(0, 2**31 - 1)))
+        dev = mu_dev(self.encoder_)
+        rows: list = [None] * len(z)
+        todo = list(range(len(z)))
+        for _ in range(self.max_sample_attempts):
+            for s in range(0, len(todo), self.sample_batch_size):
+                part = todo[s:s + self.sample_batch_size]
+                toks = generate_tokens(self._decoder, self.injector_, self._grammar, z[part].to(dev), temp,
+                                       generator=gen, latent_head=self.latent_head_)
+                for i, t in zip(part, toks):
+                    try:
+                        rows[i] = self._grammar.decode(t)
+                    except InvalidValue:
+                        pass
+            todo = [i for i in todo if rows[i] is None]
+            if not todo:
+                return build_frame(rows, self.schema_)
+        raise RuntimeError(f"{len(todo)} latents gave no valid row in {self.max_sample_attempts} attempts")
+
+    def column_nll(self, X, Z=None) -> pd.DataFrame:
+        """NLL in nats of each cell of X under the decoder given latents Z (default: X's own posterior means).
+
+        Returns a DataFrame [n, columns]. Comparing it with the NLL under other rows' latents tells how much
+        of each column the latent carries.
+        """
+        check_is_fitted(self)
+        rows = self._rows_of(X)
+        z = torch.as_tensor(self.encode(X) if Z is None else np.asarray(Z, dtype=np.float32))
+        if len(z) != len(rows):
+            raise ValueError(f"Z has {len(z)} latents for {len(rows)} rows")
+        enc = []
+        for i, r in enumerate(rows):
+            try:
+                enc.append(self._grammar.encode(r))
+            except ValueError as e:
+                raise ValueError(f"row {i} of X cannot be written in the fitted schema: {e}") from e
+        out = np.zeros((len(rows), len(self.schema_)))
+        dev = mu_dev(self.encoder_)
+        with torch.no_grad():
+            for s in range(0, len(rows), 64):
+                part = enc[s:s + 64]
+                toks, sts, valid = pad_batch([e[0] for e in part], [e[1] for e in part], self._grammar.done)
+                nll, r, c = choice_nll(self._decoder, self.injector_, self._grammar, z[s:s + 64].to(dev), toks, sts,
+                                       valid, self.latent_head_)
+                np.add.at(out, (r.cpu().numpy() + s, c.cpu().numpy()), nll.double().cpu().numpy())
+        return pd.DataFrame(out, columns=self.feature_names_in_, index=getattr(X, "index", None))
 
     def sample(self, n_samples, random_state=None) -> pd.DataFrame:
         """Generate exactly ``n_samples`` valid rows with the training columns, order and dtypes.
@@ -264,7 +396,7 @@ class DiffLMSynthesizer(BaseEstimator):
             round_valid = 0
             for s in range(0, m, self.sample_batch_size):
                 toks = generate_tokens(self._decoder, self.injector_, self._grammar, z[s:s + self.sample_batch_size],
-                                       temperature=self.temperature, generator=gen)
+                                       temperature=self.temperature, generator=gen, latent_head=self.latent_head_)
                 for t in toks:
                     generated += 1
                     try:
@@ -295,6 +427,8 @@ class DiffLMSynthesizer(BaseEstimator):
         check_is_fitted(self)
         tensors = {f"encoder.{k}": v for k, v in self.encoder_.state_dict().items()}
         tensors.update({f"injector.{k}": v for k, v in self.injector_.state_dict().items()})
+        if self.latent_head_ is not None:
+            tensors.update({f"latent_head.{k}": v for k, v in self.latent_head_.state_dict().items()})
         tensors["latent_mean"] = self.latent_mean_
         if self.denoiser_ is not None:
             tensors.update({f"denoiser.{k}": v for k, v in self.denoiser_.state_dict().items()})
@@ -304,6 +438,7 @@ class DiffLMSynthesizer(BaseEstimator):
         params["random_state"] = self.seed_  # a RandomState object is not JSON; the drawn seed reproduces it
         meta = {"tabdifflm_version": __version__, "params": params, "schema": self.schema_.to_dict(),
                 "decoder_ref": self.decoder_ref_, "encoder_ref": self.encoder_ref_, "history": self.history_,
+                "featurizer": self.featurizer_.to_dict() if self.featurizer_ is not None else None,
                 "seed": self.seed_, "feature_names": [str(c) for c in self.feature_names_in_],
                 "fit_seconds": self.fit_seconds_}
         write_model_file(path, tensors, meta)
@@ -317,7 +452,8 @@ class DiffLMSynthesizer(BaseEstimator):
         """
         tensors, meta = read_model_file(path)
         try:
-            params = meta["params"]
+            # files written before these parameters existed were fitted the paper's way
+            params = {**LEGACY_PARAMS, **meta["params"]}
             est = cls(**params)
         except (KeyError, TypeError) as e:
             raise ModelFileError(f"{path}: model parameters unreadable: {e}") from e
@@ -330,17 +466,23 @@ class DiffLMSynthesizer(BaseEstimator):
         est.decoder_dtype = meta["decoder_ref"]["dtype"]
         schema = Schema.from_dict(meta["schema"])
         seed = int(meta["seed"])
-        enc, inj, dec_ref, enc_ref = est._setup(schema, seed, encoder_weights=False)
+        featurizer = RowFeaturizer.from_dict(schema, meta["featurizer"]) if meta.get("featurizer") else None
+        enc, inj, head, dec_ref, enc_ref = est._setup(schema, seed, encoder_weights=False,
+                                                      n_features=featurizer.n_features if featurizer else 0)
         if dec_ref["fingerprint"] != meta["decoder_ref"]["fingerprint"]:
             raise ModelFileError(f"the decoder {dec_ref['resolved']!r} has other weights than the one this model was "
                                  f"trained with ({meta['decoder_ref']['decoder']!r}); pass decoder= to point to it")
         try:
             enc.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")})
             inj.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("injector.")})
+            if head is not None:
+                head.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("latent_head.")})
         except RuntimeError as e:
             raise ModelFileError(f"{path}: weights do not fit the encoder/injector: {e}") from e
         dev = est._device()
         est.encoder_, est.injector_ = enc.to(dev).eval(), inj.to(dev)
+        est.latent_head_ = head.to(dev) if head is not None else None
+        est.featurizer_ = featurizer
         est.latent_mean_ = tensors["latent_mean"]
         if "latent_cov" in tensors:
             est.denoiser_, est.latent_cov_ = None, tensors["latent_cov"]

@@ -8,8 +8,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .decoder import decoder_parts, run_base
+from .decoder import run_base
 from .diffusion import MLPDenoiser, edm_loss
+from .logits import choice_logits
 
 
 def pad_batch(seqs: list[list[int]], states: list[list[int]], done_state: int):
@@ -26,26 +27,16 @@ def pad_batch(seqs: list[list[int]], states: list[list[int]], done_state: int):
     return toks, sts, valid
 
 
-def allowed_mask(grammar, states: torch.Tensor, vocab: int) -> torch.Tensor:
-    """states [N] -> bool mask [N, vocab] of the tokens the grammar allows in each state."""
-    uniq, inv = torch.unique(states, return_inverse=True)
-    m = torch.zeros(len(uniq), vocab, dtype=torch.bool)
-    for r, s in enumerate(uniq.tolist()):
-        m[r, grammar.allowed_ids[s]] = True
-    return m[inv]
+def choice_nll(decoder, injector, grammar, z, toks, states, valid, latent_head=None):
+    """Negative log-likelihood of every real choice of each row under the frozen decoder, given latents.
 
-
-def reconstruction_nll(decoder, injector, grammar, z, toks, states, valid):
-    """Negative log-likelihood of each row under the frozen decoder, given latents.
-
-    z [B, D]; toks/states/valid [B, L]. Only positions with a real choice count, and the softmax runs over
-    the tokens the grammar allows (the distribution the sampler draws from). Returns (nll per row [B] in
-    nats, number of choice tokens).
+    z [B, D]; toks/states/valid [B, L]. Only positions with more than one allowed token count, and the
+    softmax runs over the tokens the grammar allows (the distribution the sampler draws from).
+    Returns (nll [M] in nats, row [M], column [M]) for the M choices of the batch.
     """
-    base, head = decoder_parts(decoder)
+    base = decoder.base_model
     dtype = decoder.dtype
     emb = decoder.get_input_embeddings()
-    B, L = toks.shape
     P = injector.n_prefix
     tok_emb = emb(toks[:, :-1].to(z.device)).float()
     off = injector.token_offset(z)
@@ -57,16 +48,31 @@ def reconstruction_nll(decoder, injector, grammar, z, toks, states, valid):
     n_allowed = torch.tensor([len(a) for a in grammar._allowed])
     choice = valid & (n_allowed[states] > 1)
     bi, ji = choice.nonzero(as_tuple=True)
+    st = states[bi, ji]
     dev = h.device
-    logits = head(h[bi.to(dev), ji.to(dev)]).float()
-    cap = getattr(decoder.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    mask = allowed_mask(grammar, states[bi, ji], logits.shape[-1]).to(dev)
-    logits = logits.masked_fill(~mask, float("-inf"))
-    nll = torch.logsumexp(logits, -1) - logits.gather(1, toks[bi, ji, None].to(dev)).squeeze(1)
-    per_row = torch.zeros(B, device=dev).index_add(0, bi.to(dev), nll)
-    return per_row, len(bi)
+    bias = None
+    if latent_head is not None:
+        bias = latent_head(z)[bi.to(dev), grammar.groups(st).to(dev)]
+    logits = choice_logits(decoder, grammar, h[bi.to(dev), ji.to(dev)], st, bias)
+    target = grammar.to_local(toks[bi, ji]).to(dev)
+    nll = torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
+    return nll, bi.to(dev), grammar.columns(st).to(dev)
+
+
+def reconstruction_nll(decoder, injector, grammar, z, toks, states, valid, latent_head=None):
+    """Per-row NLL (nats, summed over the row's choices) [B] and the number of choice tokens."""
+    nll, rows, _ = choice_nll(decoder, injector, grammar, z, toks, states, valid, latent_head)
+    return torch.zeros(z.shape[0], device=nll.device).index_add(0, rows, nll), len(nll)
+
+
+def column_balanced_mean(nll, rows, cols, n_rows: int, n_cols: int) -> torch.Tensor:
+    """Mean over (row, column) cells of the cell's mean token NLL: a one-token class weighs as much as a
+    seven-digit number, where a token mean would weigh the number seven times more."""
+    cell = rows * n_cols + cols
+    tot = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, nll)
+    cnt = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, torch.ones_like(nll))
+    keep = cnt > 0
+    return (tot[keep] / cnt[keep]).mean()
 
 
 def mu_dev(module) -> torch.device:
@@ -81,8 +87,9 @@ def kl_term(mu, logvar):
 class VAEData:
     """Pre-tokenised rows: encoder inputs and decoder tokens/states, indexable by row."""
 
-    def __init__(self, enc_tok, enc_texts, dec_tokens, dec_states, done_state, max_length=256):
+    def __init__(self, enc_tok, enc_texts, dec_tokens, dec_states, done_state, max_length=256, features=None):
         self.enc = enc_tok(enc_texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        self.features = features  # [n, F] exact row features for the encoder head, or None
         self.dec_tokens = dec_tokens
         self.dec_states = dec_states
         self.done = done_state
@@ -96,18 +103,19 @@ class VAEData:
         am = self.enc["attention_mask"][idx]
         keep = int(am.sum(1).max())
         toks, sts, valid = pad_batch([self.dec_tokens[i] for i in idx], [self.dec_states[i] for i in idx], self.done)
-        return ids[:, :keep], am[:, :keep], toks, sts, valid
+        feats = None if self.features is None else self.features[idx]
+        return ids[:, :keep], am[:, :keep], feats, toks, sts, valid
 
 
-def evaluate_nll(encoder, injector, decoder, grammar, data: VAEData, idx, batch_size):
+def evaluate_nll(encoder, injector, decoder, grammar, data: VAEData, idx, batch_size, latent_head=None):
     """Mean reconstruction NLL per row (nats) over rows ``idx``, using the posterior means."""
     encoder.eval()
     total = 0.0
     with torch.no_grad():
         for s in range(0, len(idx), batch_size):
-            ids, am, toks, sts, valid = data.batch(idx[s:s + batch_size])
-            mu, _ = encoder(ids.to(mu_dev(encoder)), am.to(mu_dev(encoder)))
-            nll, _ = reconstruction_nll(decoder, injector, grammar, mu, toks, sts, valid)
+            ids, am, feats, toks, sts, valid = data.batch(idx[s:s + batch_size])
+            mu, _ = encoder(ids.to(mu_dev(encoder)), am.to(mu_dev(encoder)), feats)
+            nll, _ = reconstruction_nll(decoder, injector, grammar, mu, toks, sts, valid, latent_head)
             total += float(nll.sum())
     encoder.train()
     return total / max(len(idx), 1)
@@ -115,18 +123,25 @@ def evaluate_nll(encoder, injector, decoder, grammar, data: VAEData, idx, batch_
 
 def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
-              beta_patience=2, eval_every=25, generator=None, verbose=True, log=None):
-    """Train encoder + injector against the frozen decoder: token-mean CE + beta * KL.
+              beta_patience=2, eval_every=25, latent_head=None, column_loss="token", generator=None,
+              verbose=True, log=None):
+    """Train encoder + injector (+ latent logit head) against the frozen decoder: CE + beta * KL.
+
+    ``column_loss="token"`` averages the CE over choice tokens (the paper); ``"column"`` over (row,
+    column) cells (:func:`column_balanced_mean`), so every column counts the same.
 
     Beta starts at ``max_beta`` and is multiplied by ``beta_decay`` whenever the validation NLL has not
     improved for ``beta_patience`` evaluations, down to ``min_beta``. The best state on validation NLL is
     restored at the end. Stops at ``max_epochs`` or at ``deadline`` (time.monotonic()).
     Returns a list of dicts (elapsed s, step, epoch, beta, train and validation NLL per row).
     """
+    heads = list(encoder.head.parameters()) + list(injector.parameters())
+    heads += list(latent_head.parameters()) if latent_head is not None else []
     params = [
         {"params": encoder.backbone.parameters(), "lr": encoder_learning_rate},
-        {"params": list(encoder.head.parameters()) + list(injector.parameters()), "lr": learning_rate},
+        {"params": heads, "lr": learning_rate},
     ]
+    modules = [encoder, injector] + ([latent_head] if latent_head is not None else [])
     opt = torch.optim.AdamW(params, weight_decay=0.0)
     beta, best, stall = max_beta, math.inf, 0
     best_state = None
@@ -142,7 +157,7 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
 
     def evaluate(epoch):
         nonlocal best, stall, beta, best_state
-        v = evaluate_nll(encoder, injector, decoder, grammar, data, val_idx.tolist(), batch_size)
+        v = evaluate_nll(encoder, injector, decoder, grammar, data, val_idx.tolist(), batch_size, latent_head)
         rec = {"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch, "beta": beta,
                "train_nll": round(sum(running) / max(len(running), 1), 3), "val_nll": round(v, 3)}
         running.clear()
@@ -151,7 +166,7 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
             log(rec)
         if v < best - 1e-3:
             best, stall = v, 0
-            best_state = (copy.deepcopy(encoder.state_dict()), copy.deepcopy(injector.state_dict()))
+            best_state = [copy.deepcopy(m.state_dict()) for m in modules]
         else:
             stall += 1
             if stall >= beta_patience and beta > min_beta:
@@ -163,18 +178,21 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
     for epoch in range(max_epochs):
         order = train_idx[torch.randperm(len(train_idx), generator=generator)]
         for s in range(0, len(order), batch_size):
-            ids, am, toks, sts, valid = data.batch(order[s:s + batch_size].tolist())
-            mu, logvar = encoder(ids.to(dev), am.to(dev))
+            ids, am, feats, toks, sts, valid = data.batch(order[s:s + batch_size].tolist())
+            mu, logvar = encoder(ids.to(dev), am.to(dev), feats)
             z = mu + torch.randn(mu.shape, generator=generator).to(dev) * (0.5 * logvar).exp()
-            nll, n_tok = reconstruction_nll(decoder, injector, grammar, z, toks, sts, valid)
-            kl = kl_term(mu, logvar)
-            loss = nll.sum() / max(n_tok, 1) + beta * kl
+            nll, rows, cols = choice_nll(decoder, injector, grammar, z, toks, sts, valid, latent_head)
+            if column_loss == "column":
+                rec = column_balanced_mean(nll, rows, cols, len(toks), len(grammar.cols))
+            else:
+                rec = nll.mean()
+            loss = rec + beta * kl_term(mu, logvar)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(injector.parameters()), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for m in modules for p in m.parameters()], 1.0)
             opt.step()
             step += 1
-            running.append(float(nll.detach().mean()))
+            running.append(float(nll.detach().sum()) / len(toks))
             bar.update(1)
             bar.set_description(f"VAE nll/row {running[-1]:.1f}")
             if step % eval_every == 0:
@@ -188,8 +206,8 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
         evaluate(epoch if max_epochs else 0)
     bar.close()
     if best_state is not None:
-        encoder.load_state_dict(best_state[0])
-        injector.load_state_dict(best_state[1])
+        for m, st in zip(modules, best_state):
+            m.load_state_dict(st)
     encoder.eval()
     return history
 

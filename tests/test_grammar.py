@@ -3,6 +3,7 @@ import random
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tabdifflm.grammar import END, DatetimeGrammar, NumericGrammar, RowGrammar
 from tabdifflm.schema import ColumnSpec, frame_rows, infer_schema
@@ -39,6 +40,26 @@ def test_integer_grammar_accepts_exactly_the_training_range(lo, hi):
     fmt = RowFormat("values", infer_schema(pd.DataFrame({"x": [lo, hi]})))
     g = NumericGrammar(col, fmt, CharTokenizer())
     assert accepted_strings(g) == {str(i) for i in range(lo, hi + 1)}
+
+
+@pytest.mark.parametrize("lo, hi", [(17, 90), (0, 99999), (-5, 12), (-120, -7), (0, 0), (3, 1000), (-3, 0)])
+def test_fixed_width_integer_grammar_accepts_exactly_the_padded_range(lo, hi):
+    col = ColumnSpec(name="x", kind="numeric", dtype="int64", is_int=True, min=lo, max=hi)
+    fmt = RowFormat("values", infer_schema(pd.DataFrame({"x": [lo, hi]})), "fixed")
+    g = NumericGrammar(col, fmt, CharTokenizer())
+    assert accepted_strings(g) == {fmt.value_text(col, i) for i in range(lo, hi + 1)}
+    assert len({len(t.lstrip("-")) for t in accepted_strings(g) if t.startswith("-")}) <= 1  # one width a sign
+
+
+@pytest.mark.parametrize("lo, hi", [(-2.25, 13.5), (0.05, 1.2), (-0.3, -0.02), (-1.0, 0.5), (-130.5, 12.0)])
+def test_fixed_width_float_grammar_accepts_exactly_the_range(lo, hi):
+    s = infer_schema(pd.DataFrame({"x": [lo, hi]}))
+    col = s.columns[0]
+    fmt = RowFormat("values", s, "fixed")
+    got = accepted_strings(NumericGrammar(col, fmt, CharTokenizer()))
+    p = col.decimals
+    want = {fmt.value_text(col, round(i / 10 ** p, p)) for i in range(round(lo * 10 ** p), round(hi * 10 ** p) + 1)}
+    assert got == want
 
 
 @pytest.mark.parametrize("lo, hi", [(-2.25, 13.5), (0.05, 1.2), (-0.3, -0.02), (-1.0, 0.5)])
@@ -129,3 +150,38 @@ def test_missing_values_are_a_choice_only_where_training_had_them(smol_tokenizer
     toks, states = g.encode(frame_rows(df, s)[0])
     b_start = states[toks.index(comma) + 1]
     assert smol_tokenizer.encode("\n", add_special_tokens=False)[0] not in g.allowed(b_start)
+
+
+@pytest.mark.parametrize("numbers", ["plain", "fixed"])
+def test_compiled_sub_vocabulary_masks_agree_with_the_automaton(mixed_df, smol_tokenizer, numbers):
+    """local_mask over grammar.vocab allows exactly the tokens of allowed(), on random walks."""
+    s = infer_schema(mixed_df)
+    g = RowGrammar(RowFormat("values", s, numbers), smol_tokenizer)
+    rnd = random.Random(1)
+    vocab = g.vocab.tolist()
+    assert vocab == sorted(set(vocab)) and len(vocab) < 1000
+    for _ in range(100):
+        sid = g.start
+        while sid != g.done:
+            a = g.allowed(sid)
+            mask = g.local_mask(torch.tensor([sid]))[0]
+            assert {vocab[k] for k in mask.nonzero().flatten().tolist()} == set(a)
+            t = rnd.choice(a)
+            assert vocab[int(g.to_local(torch.tensor([t])))] == t
+            col, grp = int(g.columns(torch.tensor([sid]))), int(g.groups(torch.tensor([sid])))
+            if len(a) > 1:  # every choice sits in a value and has a latent logit group of that column
+                assert col >= 0 and g.group_offsets[col] <= grp < g.n_groups
+                nxt = g.group_offsets[col + 1] if col + 1 < len(g.cols) else g.n_groups
+                assert grp < nxt
+            sid = g.next_state(sid, t)
+
+
+def test_fixed_width_rows_round_trip_through_the_row_grammar(mixed_df, smol_tokenizer):
+    s = infer_schema(mixed_df)
+    fmt = RowFormat("values", s, "fixed")
+    g = RowGrammar(fmt, smol_tokenizer)
+    for row in frame_rows(mixed_df, s):
+        toks, _ = g.encode(row)
+        assert smol_tokenizer.decode(toks) == fmt.serialise(row)
+        assert g.decode(toks) == row
+        assert len(toks) <= g.max_tokens()

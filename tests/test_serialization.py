@@ -29,16 +29,16 @@ rows_strategy = st.lists(
 )
 
 
-@pytest.mark.parametrize("fmt_name", ["values", "json"])
+@pytest.mark.parametrize("fmt_name, numbers", [("values", "plain"), ("values", "fixed"), ("json", "plain")])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=rows_strategy)
-def test_parse_inverts_serialise(fmt_name, rows):
+def test_parse_inverts_serialise(fmt_name, numbers, rows):
     df = pd.DataFrame(rows, columns=["text", "big", "x", "flag"])
     df["text"] = df["text"].astype(object)
     if df["text"].isna().all() or df["x"].isna().all():
         return  # an entirely missing column is rejected at fit time (tested elsewhere)
     schema = infer_schema(df)
-    fmt = RowFormat(fmt_name, schema)
+    fmt = RowFormat(fmt_name, schema, numbers)
     for row in frame_rows(df, schema):
         text = fmt.serialise(row)
         back = fmt.parse(text)
@@ -80,3 +80,17 @@ def test_encoder_text_names_columns(mixed_df):
     s = infer_schema(mixed_df)
     t = encoder_text(s, frame_rows(mixed_df, s)[0])
     assert t.startswith("age: ") and "joined: 20" in t and "score: missing" in t
+
+
+def test_fixed_width_numbers_put_the_magnitude_first():
+    df = pd.DataFrame({"a": [7, 1490400], "b": [-12.5, 3.25], "c": [-0.5, -130.0]})
+    fmt = RowFormat("values", infer_schema(df), "fixed")
+    rows = frame_rows(df, fmt.schema)
+    assert fmt.serialise(rows[0]) == "0000007,-12.50,-000.5\n"
+    assert fmt.serialise(rows[1]) == "1490400,3.25,-130.0\n"  # widths are per sign
+    assert fmt.parse(fmt.serialise(rows[0])) == rows[0]
+
+
+def test_fixed_width_needs_the_values_format():
+    with pytest.raises(ValueError, match="needs serialization='values'"):
+        RowFormat("json", infer_schema(pd.DataFrame({"a": [1]})), "fixed")

@@ -1,0 +1,165 @@
+"""The parts that make the latent carry every column: latent logit head, column-balanced loss, row features,
+and the public latent API (encode, decode, column_nll) the diagnostic is built on."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tabdifflm import DiffLMSynthesizer
+from tabdifflm.features import RowFeaturizer
+from tabdifflm.grammar import RowGrammar
+from tabdifflm.injection import Injector
+from tabdifflm.logits import LatentLogitHead
+from tabdifflm.metrics import target_associations
+from tabdifflm.sampling import generate_tokens
+from tabdifflm.schema import frame_rows, infer_schema
+from tabdifflm.serialization import RowFormat
+from tabdifflm.training import choice_nll, column_balanced_mean, pad_batch, reconstruction_nll
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tiny_decoder_dir):
+    m = AutoModelForCausalLM.from_pretrained(tiny_decoder_dir, dtype=torch.float32).eval()
+    m.requires_grad_(False)
+    return m
+
+
+@pytest.fixture(scope="module")
+def batch(adult_small, smol_tokenizer):
+    s = infer_schema(adult_small)
+    g = RowGrammar(RowFormat("values", s, "fixed"), smol_tokenizer)
+    enc = [g.encode(r) for r in frame_rows(adult_small.iloc[:4], s)]
+    return g, pad_batch([e[0] for e in enc], [e[1] for e in enc], g.done)
+
+
+def test_latent_head_starts_neutral_and_gives_the_latent_a_direct_path(tiny_decoder, batch):
+    g, (toks, sts, valid) = batch
+    inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
+    head = LatentLogitHead(6, g.n_groups, g.K)
+    z = torch.randn(4, 6, requires_grad=True)
+    plain, n = reconstruction_nll(tiny_decoder, inj, g, z, toks, sts, valid)
+    with_head, n2 = reconstruction_nll(tiny_decoder, inj, g, z, toks, sts, valid, head)
+    assert n == n2 and torch.allclose(plain, with_head)  # zero init: exactly the frozen decoder's model
+    with_head.sum().backward()
+    assert head.weight.grad.abs().sum() > 0 and head.bias.grad.abs().sum() > 0
+    with torch.no_grad():
+        head.weight.normal_()
+    moved, _ = reconstruction_nll(tiny_decoder, inj, g, z.detach(), toks, sts, valid, head)
+    assert not torch.allclose(moved, plain)
+
+
+def test_sampling_follows_the_latent_head(tiny_decoder, batch):
+    """A head that strongly favours each group's first allowed token makes greedy rows change with z."""
+    g, _ = batch
+    inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
+    head = LatentLogitHead(6, g.n_groups, g.K)
+    z = torch.randn(3, 6)
+    base = generate_tokens(tiny_decoder, inj, g, z, temperature=0)
+    with torch.no_grad():
+        head.weight.normal_(0, 50)
+    steered = generate_tokens(tiny_decoder, inj, g, z, temperature=0, latent_head=head)
+    assert steered != base
+    for r in steered:
+        g.decode(r)  # still complete, valid rows: the grammar mask applies after the head
+
+
+def test_column_balanced_mean_weighs_each_cell_once():
+    nll = torch.tensor([1.0, 3.0, 5.0, 7.0, 2.0])
+    rows = torch.tensor([0, 0, 0, 1, 1])
+    cols = torch.tensor([0, 0, 1, 0, 1])
+    # cells: (0,0) mean 2, (0,1) 5, (1,0) 7, (1,1) 2 -> 4; the token mean would be 3.6
+    assert float(column_balanced_mean(nll, rows, cols, 2, 2)) == pytest.approx(4.0)
+    assert float(nll.mean()) == pytest.approx(3.6)
+
+
+def test_choice_nll_names_row_and_column_of_every_choice(tiny_decoder, batch):
+    g, (toks, sts, valid) = batch
+    inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
+    nll, rows, cols = choice_nll(tiny_decoder, inj, g, torch.zeros(4, 6), toks, sts, valid)
+    assert nll.shape == rows.shape == cols.shape and (nll >= 0).all()
+    assert set(rows.tolist()) == {0, 1, 2, 3} and cols.min() >= 0 and cols.max() < len(g.cols)
+
+
+def test_row_features_are_quantiles_one_hots_and_missing_flags(mixed_df):
+    s = infer_schema(mixed_df)
+    rows = frame_rows(mixed_df, s)
+    f = RowFeaturizer.fit(s, rows)
+    x = f.transform(rows)
+    assert x.shape == (len(rows), f.n_features) and torch.isfinite(x).all()
+    age = x[:, 0].numpy()  # first column is numeric: its feature is monotone in the value
+    order = np.argsort(mixed_df["age"].to_numpy(), kind="stable")
+    assert np.all(np.diff(age[order]) >= 0) and age.min() >= -1 and age.max() <= 1
+    again = RowFeaturizer.from_dict(s, f.to_dict()).transform(rows)
+    assert torch.equal(x, again)
+
+
+def test_target_associations_separate_signal_from_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=2000)
+    df = pd.DataFrame({"signal": x, "noise": rng.normal(size=2000), "cat": np.where(x > 0, "a", "b"),
+                       "y": np.where(x + 0.3 * rng.normal(size=2000) > 0, "yes", "no")})
+    a = target_associations(df, "y", "classification")
+    assert a["signal"] > 0.5 and a["cat"] > 0.5 and a["noise"] < 0.1
+    r = target_associations(df.assign(y=x * 2 + 1), "y", "regression")
+    assert r["signal"] == pytest.approx(1.0) and r["noise"] < 0.1 and r["cat"] > 0.7
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_kwargs, mixed_df):
+    return DiffLMSynthesizer(**tiny_kwargs).fit(mixed_df)
+
+
+def test_encode_decode_and_column_nll_are_public_and_consistent(fitted, mixed_df):
+    z = fitted.encode(mixed_df.iloc[:7])
+    assert z.shape == (7, fitted.latent_dim) and np.isfinite(z).all()
+    back = fitted.decode(z, temperature=0, random_state=0)
+    assert list(back.columns) == list(mixed_df.columns) and len(back) == 7
+    pd.testing.assert_frame_equal(back, fitted.decode(z, temperature=0, random_state=1))  # greedy: no randomness
+    nll = fitted.column_nll(mixed_df.iloc[:7])
+    assert nll.shape == (7, mixed_df.shape[1]) and (nll.to_numpy() >= 0).all()
+    assert list(nll.columns) == list(mixed_df.columns)
+    other = fitted.column_nll(mixed_df.iloc[:7], np.roll(z, 1, axis=0))
+    assert not np.allclose(other.to_numpy(), nll.to_numpy())  # the latent matters
+    with pytest.raises(ValueError, match="shape"):
+        fitted.decode(np.zeros((2, fitted.latent_dim + 1)))
+    with pytest.raises(ValueError, match="lacks the training columns"):
+        fitted.encode(mixed_df.drop(columns=["age"]))
+    assert fitted.tokens_per_row_ > fitted.choices_per_row_ > 0
+
+
+def test_relationship_parameters_are_checked_and_the_papers_model_stays_reachable(tiny_kwargs, mixed_df,
+                                                                                  tmp_path):
+    with pytest.raises(ValueError, match="number_format"):
+        DiffLMSynthesizer(**{**tiny_kwargs, "number_format": "padded"}).fit(mixed_df)
+    with pytest.raises(ValueError, match="needs serialization='values'"):
+        DiffLMSynthesizer(**{**tiny_kwargs, "number_format": "fixed", "serialization": "json"}).fit(mixed_df)
+    with pytest.raises(ValueError, match="column_loss"):
+        DiffLMSynthesizer(**{**tiny_kwargs, "column_loss": "cell"}).fit(mixed_df)
+    with pytest.raises(ValueError, match="latent_head"):
+        DiffLMSynthesizer(**{**tiny_kwargs, "latent_head": "yes"}).fit(mixed_df)
+    paper = DiffLMSynthesizer(**{**tiny_kwargs, "number_format": "plain", "latent_head": False,
+                                 "row_features": False, "column_loss": "token", "max_epochs": 1}).fit(mixed_df)
+    assert paper.latent_head_ is None and paper.featurizer_ is None
+    p = tmp_path / "paper.tdl"
+    paper.save(p)
+    again = DiffLMSynthesizer.load(p)
+    assert again.latent_head_ is None and again.get_params()["number_format"] == "plain"
+    pd.testing.assert_frame_equal(paper.sample(5, random_state=3), again.sample(5, random_state=3))
+
+
+def test_files_from_before_these_parameters_load_as_the_papers_model(tiny_kwargs, mixed_df, tmp_path):
+    from tabdifflm.persistence import read_model_file, write_model_file
+
+    old = DiffLMSynthesizer(**{**tiny_kwargs, "number_format": "plain", "latent_head": False,
+                               "row_features": False, "column_loss": "token", "max_epochs": 1}).fit(mixed_df)
+    p = tmp_path / "old.tdl"
+    old.save(p)
+    tensors, meta = read_model_file(p)
+    for k in ("number_format", "latent_head", "row_features", "column_loss"):
+        del meta["params"][k]  # as written by tabdifflm before they existed
+    meta.pop("featurizer")
+    write_model_file(p, tensors, meta)
+    again = DiffLMSynthesizer.load(p)
+    assert again.get_params()["number_format"] == "plain" and again.latent_head_ is None
+    pd.testing.assert_frame_equal(old.sample(5, random_state=2), again.sample(5, random_state=2))
