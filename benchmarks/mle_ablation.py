@@ -30,6 +30,9 @@ OUT = RESULTS / "mle_ablation.json"
 ABLATIONS = {
     **CONFIGS,
     "no_latent_head": {"latent_head": False},
+    "no_aux": {"aux_weight": 0.0, "aux_steps": 0},
+    "no_aux_steps": {"aux_steps": 0},
+    "paper_beta": {"max_beta": 0.1},
     "no_row_features": {"row_features": False},
     "plain_numbers": {"number_format": "plain"},
     "token_loss": {"column_loss": "token"},

@@ -59,6 +59,20 @@ def choice_nll(decoder, injector, grammar, z, toks, states, valid, latent_head=N
     return nll, bi.to(dev), grammar.columns(st).to(dev)
 
 
+def head_nll(latent_head, grammar, z, toks, states, valid):
+    """NLL of every choice under the latent logit head alone (no decoder): the auxiliary loss that makes the
+    latent carry every column. Same shapes and returns as :func:`choice_nll`; costs no decoder pass."""
+    n_allowed = torch.tensor([len(a) for a in grammar._allowed])
+    bi, ji = (valid & (n_allowed[states] > 1)).nonzero(as_tuple=True)
+    st = states[bi, ji]
+    dev = z.device
+    logits = latent_head(z)[bi.to(dev), grammar.groups(st).to(dev)]
+    logits = logits.masked_fill(~grammar.local_mask(st).to(dev), float("-inf"))
+    target = grammar.to_local(toks[bi, ji]).to(dev)
+    nll = torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
+    return nll, bi.to(dev), grammar.columns(st).to(dev)
+
+
 def reconstruction_nll(decoder, injector, grammar, z, toks, states, valid, latent_head=None):
     """Per-row NLL (nats, summed over the row's choices) [B] and the number of choice tokens."""
     nll, rows, _ = choice_nll(decoder, injector, grammar, z, toks, states, valid, latent_head)
@@ -123,12 +137,15 @@ def evaluate_nll(encoder, injector, decoder, grammar, data: VAEData, idx, batch_
 
 def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
-              beta_patience=2, eval_every=25, latent_head=None, column_loss="token", generator=None,
-              verbose=True, log=None):
+              beta_patience=2, eval_every=25, latent_head=None, column_loss="token", aux_weight=0.0,
+              aux_steps=0, generator=None, verbose=True, log=None):
     """Train encoder + injector (+ latent logit head) against the frozen decoder: CE + beta * KL.
 
     ``column_loss="token"`` averages the CE over choice tokens (the paper); ``"column"`` over (row,
     column) cells (:func:`column_balanced_mean`), so every column counts the same.
+    ``aux_weight`` adds the latent head's own CE (:func:`head_nll`, same averaging), and ``aux_steps``
+    encoder-only steps on that loss (+ beta * KL) follow every decoder step: they cost no decoder pass, so
+    the latent learns to carry every column many times faster than through the frozen LLM alone.
 
     Beta starts at ``max_beta`` and is multiplied by ``beta_decay`` whenever the validation NLL has not
     improved for ``beta_patience`` evaluations, down to ``min_beta``. The best state on validation NLL is
@@ -154,6 +171,25 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
     dev = mu_dev(encoder)
     encoder.train()
     bar = tqdm(total=total_steps, desc="VAE", disable=not verbose, dynamic_ncols=True)
+    n_cols = len(grammar.cols)
+
+    def average(nll, rows, cols, n_rows):
+        return column_balanced_mean(nll, rows, cols, n_rows, n_cols) if column_loss == "column" else nll.mean()
+
+    def aux_term(z, toks, sts, valid):
+        if not aux_weight or latent_head is None:
+            return 0.0
+        return aux_weight * average(*head_nll(latent_head, grammar, z, toks, sts, valid), len(toks))
+
+    def encode_sample(ids, am, feats):
+        mu, logvar = encoder(ids.to(dev), am.to(dev), feats)
+        return mu, logvar, mu + torch.randn(mu.shape, generator=generator).to(dev) * (0.5 * logvar).exp()
+
+    def update(loss):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for m in modules for p in m.parameters()], 1.0)
+        opt.step()
 
     def evaluate(epoch):
         nonlocal best, stall, beta, best_state
@@ -179,18 +215,14 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
         order = train_idx[torch.randperm(len(train_idx), generator=generator)]
         for s in range(0, len(order), batch_size):
             ids, am, feats, toks, sts, valid = data.batch(order[s:s + batch_size].tolist())
-            mu, logvar = encoder(ids.to(dev), am.to(dev), feats)
-            z = mu + torch.randn(mu.shape, generator=generator).to(dev) * (0.5 * logvar).exp()
+            mu, logvar, z = encode_sample(ids, am, feats)
             nll, rows, cols = choice_nll(decoder, injector, grammar, z, toks, sts, valid, latent_head)
-            if column_loss == "column":
-                rec = column_balanced_mean(nll, rows, cols, len(toks), len(grammar.cols))
-            else:
-                rec = nll.mean()
-            loss = rec + beta * kl_term(mu, logvar)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for m in modules for p in m.parameters()], 1.0)
-            opt.step()
+            update(average(nll, rows, cols, len(toks)) + aux_term(z, toks, sts, valid) + beta * kl_term(mu, logvar))
+            for _ in range(aux_steps if aux_weight and latent_head is not None else 0):
+                pick = train_idx[torch.randint(0, len(train_idx), (batch_size,), generator=generator)]
+                ids, am, feats, toks, sts, valid = data.batch(pick.tolist())
+                mu, logvar, z = encode_sample(ids, am, feats)
+                update(aux_term(z, toks, sts, valid) + beta * kl_term(mu, logvar))
             step += 1
             running.append(float(nll.detach().sum()) / len(toks))
             bar.update(1)

@@ -15,7 +15,7 @@ from tabdifflm.metrics import target_associations
 from tabdifflm.sampling import generate_tokens
 from tabdifflm.schema import frame_rows, infer_schema
 from tabdifflm.serialization import RowFormat
-from tabdifflm.training import choice_nll, column_balanced_mean, pad_batch, reconstruction_nll
+from tabdifflm.training import choice_nll, column_balanced_mean, head_nll, pad_batch, reconstruction_nll
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,25 @@ def test_sampling_follows_the_latent_head(tiny_decoder, batch):
     assert steered != base
     for r in steered:
         g.decode(r)  # still complete, valid rows: the grammar mask applies after the head
+
+
+def test_head_alone_scores_every_choice_without_the_decoder(tiny_decoder, batch):
+    g, (toks, sts, valid) = batch
+    head = LatentLogitHead(6, g.n_groups, g.K)
+    z = torch.randn(4, 6, requires_grad=True)
+    nll, rows, cols = head_nll(head, g, z, toks, sts, valid)
+    inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
+    full, rows2, cols2 = choice_nll(tiny_decoder, inj, g, z, toks, sts, valid, head)
+    assert torch.equal(rows, rows2) and torch.equal(cols, cols2)  # the same choices
+    # a zero head is uniform over each state's allowed tokens: NLL = log(number allowed)
+    n_allowed = torch.tensor([len(a) for a in g._allowed])[sts][valid & (torch.tensor(
+        [len(a) for a in g._allowed])[sts] > 1)]
+    assert torch.allclose(nll, n_allowed.float().log())
+    with torch.no_grad():
+        head.weight.normal_()
+    nll, *_ = head_nll(head, g, z, toks, sts, valid)
+    nll.sum().backward()
+    assert z.grad.abs().sum() > 0
 
 
 def test_column_balanced_mean_weighs_each_cell_once():
@@ -138,8 +157,13 @@ def test_relationship_parameters_are_checked_and_the_papers_model_stays_reachabl
         DiffLMSynthesizer(**{**tiny_kwargs, "column_loss": "cell"}).fit(mixed_df)
     with pytest.raises(ValueError, match="latent_head"):
         DiffLMSynthesizer(**{**tiny_kwargs, "latent_head": "yes"}).fit(mixed_df)
-    paper = DiffLMSynthesizer(**{**tiny_kwargs, "number_format": "plain", "latent_head": False,
-                                 "row_features": False, "column_loss": "token", "max_epochs": 1}).fit(mixed_df)
+    with pytest.raises(ValueError, match="aux_weight"):
+        DiffLMSynthesizer(**{**tiny_kwargs, "aux_weight": -1}).fit(mixed_df)
+    with pytest.raises(ValueError, match="aux_steps"):
+        DiffLMSynthesizer(**{**tiny_kwargs, "aux_steps": 1.5}).fit(mixed_df)
+    paper = DiffLMSynthesizer(**{**tiny_kwargs, "number_format": "plain", "latent_head": False, "aux_weight": 0,
+                                 "aux_steps": 0, "row_features": False, "column_loss": "token",
+                                 "max_epochs": 1}).fit(mixed_df)
     assert paper.latent_head_ is None and paper.featurizer_ is None
     p = tmp_path / "paper.tdl"
     paper.save(p)
@@ -156,7 +180,7 @@ def test_files_from_before_these_parameters_load_as_the_papers_model(tiny_kwargs
     p = tmp_path / "old.tdl"
     old.save(p)
     tensors, meta = read_model_file(p)
-    for k in ("number_format", "latent_head", "row_features", "column_loss"):
+    for k in ("number_format", "latent_head", "aux_weight", "aux_steps", "row_features", "column_loss"):
         del meta["params"][k]  # as written by tabdifflm before they existed
     meta.pop("featurizer")
     write_model_file(p, tensors, meta)
