@@ -33,6 +33,7 @@ ABLATIONS = {
     "no_aux": {"aux_weight": 0.0, "aux_steps": 0},
     "no_aux_steps": {"aux_steps": 0},
     "paper_beta": {"max_beta": 0.1},
+    "no_aux_beta_0.1": {"aux_weight": 0.0, "aux_steps": 0, "max_beta": 0.1},
     "no_row_features": {"row_features": False},
     "plain_numbers": {"number_format": "plain"},
     "token_loss": {"column_loss": "token"},
@@ -77,8 +78,8 @@ def run_one(dataset: str, config: str, minutes: float, samples: int, seed: int, 
 
 def table(runs: list) -> str:
     head = ("| dataset | config | MLE | shapes err % | trends err % | DCR share | copies | tokens/row | "
-            "choices/row | VAE steps | best val NLL | mean abs target-assoc. gap | recon. own target |")
-    lines = [head, "|" + "---|" * 13]
+            "choices/row | VAE steps | diffusion steps | best val NLL | mean abs target-assoc. gap | recon. own target |")
+    lines = [head, "|" + "---|" * 14]
     for r in runs:
         ta = r["target_association"]
         gap = sum(abs(ta["real"][k] - ta["synthetic"][k]) for k in ta["real"]) / max(len(ta["real"]), 1)
@@ -86,7 +87,8 @@ def table(runs: list) -> str:
         lines.append(
             f"| {r['dataset']} | {r['config']} | {r['mle']['mean']:.3f} ± {r['mle']['std']:.3f} | "
             f"{r['shapes_error']:.2f} | {r['trends_error']:.2f} | {r['dcr_share'] * 100:.1f} % | {r['exact_copies']} | "
-            f"{r['tokens_per_row']} | {r['choices_per_row']} | {r['vae_steps']} | {r['best_val_nll']:.1f} | "
+            f"{r['tokens_per_row']} | {r['choices_per_row']} | {r['vae_steps']} | {r['diffusion_steps']} | "
+            f"{r['best_val_nll']:.1f} | "
             f"{gap:.3f} | {'' if own is None else f'{own:.2f}'} |")
     return "\n".join(lines) + "\n"
 

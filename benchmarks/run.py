@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tabdifflm.datasets import load_benchmark
-from tabdifflm.metrics import dcr, dcr_distances, detection, fidelity, mle
+from tabdifflm.metrics import dcr, dcr_distances, detection, fidelity, mle, target_associations
 
 from .methods import METHODS
 
@@ -166,6 +166,25 @@ def markdown(name, profile, rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def association_table(real: dict, rows: list, target) -> str:
+    """Each feature's association with the target (Cramér's V; regression: |r| or eta), real vs each method."""
+    feats = list(real)
+    runs = [r for r in rows if r.get("target_association")]
+    lines = [f"Association of each feature with `{target}` (training rows vs each method's rows; "
+             "`mean gap` = mean absolute difference from the training rows):", "",
+             "| rows | " + " | ".join(str(f) for f in feats) + " | mean gap |", "|---" * (len(feats) + 2) + "|",
+             "| training rows | " + " | ".join(f"{real[f]:.2f}" for f in feats) + " | |"]
+    for r in runs:
+        a = r["target_association"]
+        gap = np.mean([abs(a[f] - real[f]) for f in feats])
+        lines.append(f"| {r['method']} | " + " | ".join(f"{a[f]:.2f}" for f in feats) + f" | {gap:.3f} |")
+    missing = [r["method"] for r in rows if r.get("status") == "ok" and not r.get("target_association")]
+    if missing:
+        lines += ["", f"Not measured for {', '.join(missing)} (their rows come from an earlier run that did not "
+                      "record associations)."]
+    return "\n".join(lines) + "\n"
+
+
 def run_dataset(name, methods, profile, seed=0, merge=False):
     cfg = PROFILES[profile]
     ds = load_benchmark(name)
@@ -197,6 +216,7 @@ def run_dataset(name, methods, profile, seed=0, merge=False):
             rec["fidelity"] = fidelity(syn, train)
             rec["dcr"] = dcr(syn, train, holdout, distances=dists[method])
             rec["detection"] = detection(syn, train)
+            rec["target_association"] = target_associations(syn, ds.target, ds.task)
         except Exception as e:  # a metric failing on one method's output is that method's failure
             rec.update(status="failed", error=f"metrics: {type(e).__name__}: {e}")
         synthetic[method] = syn
@@ -204,7 +224,8 @@ def run_dataset(name, methods, profile, seed=0, merge=False):
         print(f"[{name}] {method}: " + json.dumps({k: v for k, v in rec.items() if k in (
             "fit_seconds", "rows_per_second", "valid_share")} | {"mle": rec.get("mle", {}).get("mean")}), flush=True)
     result = {"dataset": name, "profile": profile, "task": ds.task, "target": ds.target, "train_rows": len(train),
-              "test_rows": len(ds.test), "versions": _versions(), "runs": rows}
+              "test_rows": len(ds.test), "versions": _versions(), "runs": rows,
+              "target_association_train": target_associations(train, ds.target, ds.task)}
     path = out_dir / f"{name}.json"
     suffix = ""
     if merge and path.exists():  # keep earlier runs of other methods on the same rows
@@ -214,7 +235,8 @@ def run_dataset(name, methods, profile, seed=0, merge=False):
             result["runs"] = rows = kept + rows
             suffix = "_" + "_".join(methods)
     path.write_text(json.dumps(result, indent=1, default=float))
-    (out_dir / f"{name}.md").write_text(markdown(name, profile, rows))
+    (out_dir / f"{name}.md").write_text(markdown(name, profile, rows) + "\n" +
+                                        association_table(result["target_association_train"], rows, ds.target))
     if synthetic:
         figures(name + suffix, train, synthetic, dists, out_dir)
     return result

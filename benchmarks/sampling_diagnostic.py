@@ -15,30 +15,10 @@ import torch
 
 from tabdifflm import DiffLMSynthesizer
 from tabdifflm.metrics import fidelity
-from tabdifflm.sampling import generate_tokens
-from tabdifflm.schema import build_frame, frame_rows
-from tabdifflm.serialization import encoder_text
 
 from .data import adult_train
 
 OUT = Path(__file__).resolve().parent / "results" / "sampling_diagnostic.json"
-
-
-def decode(s: DiffLMSynthesizer, z: torch.Tensor, temperature: float, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(0, len(z), 250):
-        for t in generate_tokens(s._decoder, s.injector_, s._grammar, z[i:i + 250], temperature, generator=g):
-            rows.append(s._grammar.decode(t))
-    return build_frame(rows, s.schema_)
-
-
-@torch.no_grad()
-def posterior_means(s: DiffLMSynthesizer, df) -> torch.Tensor:
-    texts = [encoder_text(s.schema_, r) for r in frame_rows(df, s.schema_)]
-    enc = s._enc_tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
-    return torch.cat([s.encoder_(enc["input_ids"][i:i + 64], enc["attention_mask"][i:i + 64])[0]
-                      for i in range(0, len(texts), 64)])
 
 
 def main():
@@ -50,7 +30,7 @@ def main():
     df = adult_train().iloc[:args.train_rows]
     s = DiffLMSynthesizer.load(args.model)
     n = args.rows
-    mu = posterior_means(s, df.sample(n, random_state=0))
+    mu = torch.as_tensor(s.encode(df.sample(n, random_state=0)))
     configs = [("diffusion_T1.0", lambda: s.sample_latents(n, torch.Generator().manual_seed(1)), 1.0),
                ("diffusion_T0.7", lambda: s.sample_latents(n, torch.Generator().manual_seed(1)), 0.7),
                ("posterior_means_T1.0", lambda: mu, 1.0),
@@ -58,7 +38,7 @@ def main():
     res = {"model": args.model, "samples": n, "reference": f"the {len(df)} training rows"}
     for name, latents, temp in configs:
         t = time.monotonic()
-        f = fidelity(decode(s, latents(), temp), df)
+        f = fidelity(s.decode(latents(), temperature=temp, random_state=0), df)
         res[name] = {"column_shapes": round(f["column_shapes"], 4),
                      "column_pair_trends": round(f["column_pair_trends"], 4),
                      "seconds": round(time.monotonic() - t, 1)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from .sampling import generate_tokens
 from .schema import Schema, build_frame, check_frame, frame_rows, infer_schema
 from .logits import LatentLogitHead
 from .serialization import FORMATS, NUMBER_FORMATS, RowFormat, encoder_text
-from .training import VAEData, choice_nll, mu_dev, pad_batch, train_diffusion, train_vae
+from .training import VAEData, choice_nll, mu_dev, pad_batch, time_diffusion_step, train_diffusion, train_vae
 
 MIN_ROWS = 10
 LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "aux_weight": 0.0, "aux_steps": 0,
@@ -245,7 +246,12 @@ class DiffLMSynthesizer(BaseEstimator):
         perm = torch.randperm(n, generator=gen)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         budget = math.inf if self.max_time is None else float(self.max_time)
-        vae_deadline = t_start + 0.85 * budget
+        # Reserve what the diffusion stage needs (timed here, at most 40 % of the budget) and the encoding
+        # of every row, so a tight budget still trains the prior instead of leaving it untrained.
+        reserve = 0.0
+        if self.max_time is not None and self.prior == "diffusion":
+            reserve = min(1.15 * self.diffusion_train_steps * time_diffusion_step(self.latent_dim, n), 0.4 * budget)
+        vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget
         history = {"vae": [], "diffusion": []}
         history["vae"] = train_vae(
             encoder, injector, self._decoder, grammar, data, train_idx, val_idx, max_epochs=self.max_epochs,
@@ -262,6 +268,11 @@ class DiffLMSynthesizer(BaseEstimator):
             self.denoiser_, history["diffusion"] = train_diffusion(
                 zn, steps=self.diffusion_train_steps, deadline=t_start + 0.98 * budget, generator=gen,
                 verbose=self.verbose)
+            ran = history["diffusion"][-1]["step"] + 1 if history["diffusion"] else 0
+            if ran < self.diffusion_train_steps:
+                warnings.warn(f"the time budget left the diffusion prior {ran} of {self.diffusion_train_steps} "
+                              "training steps; raise max_time or lower diffusion_train_steps", UserWarning,
+                              stacklevel=3)
         else:
             self.denoiser_ = None
             self.latent_cov_ = torch.cov(zn.T) + 1e-6 * torch.eye(zn.shape[1])

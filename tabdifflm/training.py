@@ -149,7 +149,8 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
 
     Beta starts at ``max_beta`` and is multiplied by ``beta_decay`` whenever the validation NLL has not
     improved for ``beta_patience`` evaluations, down to ``min_beta``. The best state on validation NLL is
-    restored at the end. Stops at ``max_epochs`` or at ``deadline`` (time.monotonic()).
+    restored at the end. Stops at ``max_epochs`` or when the final validation pass would end after
+    ``deadline`` (time.monotonic()): the passes are timed, so the stage ends by its deadline.
     Returns a list of dicts (elapsed s, step, epoch, beta, train and validation NLL per row).
     """
     heads = list(encoder.head.parameters()) + list(injector.parameters())
@@ -191,8 +192,11 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
         torch.nn.utils.clip_grad_norm_([p for m in modules for p in m.parameters()], 1.0)
         opt.step()
 
+    eval_s = 0.0
+
     def evaluate(epoch):
-        nonlocal best, stall, beta, best_state
+        nonlocal best, stall, beta, best_state, eval_s
+        t_eval = time.monotonic()
         v = evaluate_nll(encoder, injector, decoder, grammar, data, val_idx.tolist(), batch_size, latent_head)
         rec = {"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch, "beta": beta,
                "train_nll": round(sum(running) / max(len(running), 1), 3), "val_nll": round(v, 3)}
@@ -208,6 +212,10 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
             if stall >= beta_patience and beta > min_beta:
                 beta, stall = max(beta * beta_decay, min_beta), 0
         bar.set_postfix(val_nll=f"{v:.1f}", beta=f"{beta:.2g}")
+        eval_s = max(eval_s, time.monotonic() - t_eval)
+
+    def out_of_time():
+        return time.monotonic() + eval_s > deadline
 
     evaluate(0)
     stop = False
@@ -219,6 +227,8 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
             nll, rows, cols = choice_nll(decoder, injector, grammar, z, toks, sts, valid, latent_head)
             update(average(nll, rows, cols, len(toks)) + aux_term(z, toks, sts, valid) + beta * kl_term(mu, logvar))
             for _ in range(aux_steps if aux_weight and latent_head is not None else 0):
+                if out_of_time():
+                    break
                 pick = train_idx[torch.randint(0, len(train_idx), (batch_size,), generator=generator)]
                 ids, am, feats, toks, sts, valid = data.batch(pick.tolist())
                 mu, logvar, z = encode_sample(ids, am, feats)
@@ -229,7 +239,7 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
             bar.set_description(f"VAE nll/row {running[-1]:.1f}")
             if step % eval_every == 0:
                 evaluate(epoch)
-            if time.monotonic() > deadline:
+            if out_of_time():
                 stop = True
                 break
         if stop:
@@ -242,6 +252,23 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
             m.load_state_dict(st)
     encoder.eval()
     return history
+
+
+def time_diffusion_step(dim: int, n: int, batch_size: int = 512, hidden: int = 1024, t_dim: int = 256,
+                        trials: int = 5) -> float:
+    """Seconds one denoiser training step takes here (timed on random latents, global RNG untouched), so
+    a time budget can reserve what the diffusion stage needs before the VAE spends it."""
+    with torch.random.fork_rng(devices=[]):
+        net = MLPDenoiser(dim, hidden=hidden, t_dim=t_dim)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        x = torch.randn(min(batch_size, n), dim)
+        edm_loss(net, x).backward()  # warm-up
+        t = time.monotonic()
+        for _ in range(trials):
+            opt.zero_grad()
+            edm_loss(net, x).backward()
+            opt.step()
+    return (time.monotonic() - t) / trials
 
 
 def train_diffusion(latents: torch.Tensor, *, steps: int, deadline: float, batch_size: int = 512, lr: float = 1e-3,

@@ -33,6 +33,10 @@ def test_runner_records_every_method_and_reports_failures(tiny_profile):
     assert saved["versions"]["tabdifflm"] and len(saved["runs"]) == 3
     table = (tiny_profile / "test" / "magic.md").read_text()
     assert "| broken | failed" in table and "| real | ok" in table
+    # the real rows are the training rows reordered: same associations (ties may bin differently)
+    for f, v in saved["target_association_train"].items():
+        assert real["target_association"][f] == pytest.approx(v, abs=0.03)
+    assert "Association of each feature with `class`" in table and "| gaussian_copula |" in table
     for fig in ("magic_columns.png", "magic_dcr.png", "magic_corr_diff.png"):
         assert (tiny_profile / "test" / fig).stat().st_size > 1000
 

@@ -187,3 +187,15 @@ def test_files_from_before_these_parameters_load_as_the_papers_model(tiny_kwargs
     again = DiffLMSynthesizer.load(p)
     assert again.get_params()["number_format"] == "plain" and again.latent_head_ is None
     pd.testing.assert_frame_equal(old.sample(5, random_state=2), again.sample(5, random_state=2))
+
+
+def test_a_time_budget_leaves_the_diffusion_prior_its_steps(tiny_kwargs, mixed_df):
+    """The VAE stops early enough (its validation passes timed, the diffusion stage's time reserved) that
+    the prior still trains; before, a tight budget could leave it with one step and no warning."""
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "max_epochs": 10_000, "max_time": 15, "diffusion_train_steps": 30})
+    s.fit(mixed_df)
+    assert s.history_["vae"][-1]["step"] >= 1
+    assert s.history_["diffusion"][-1]["step"] == 29  # all 30 steps ran
+    with pytest.warns(UserWarning, match="diffusion prior"):  # a budget too small for the prior says so
+        DiffLMSynthesizer(**{**tiny_kwargs, "max_epochs": 10_000, "max_time": 4,
+                             "diffusion_train_steps": 100_000}).fit(mixed_df)
