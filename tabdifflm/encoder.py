@@ -58,6 +58,15 @@ class RowEncoder(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
 
     def forward(self, input_ids, attention_mask, features=None):
+        return self.head_forward(self.pooled(input_ids, attention_mask, features))
+
+    def head_forward(self, pooled):
+        """Pooled features [B, hidden + F] -> (mu [B, D], logvar [B, D])."""
+        mu, logvar = self.head(pooled).chunk(2, dim=-1)
+        return mu, logvar.clamp(-10, 10)
+
+    def pooled(self, input_ids, attention_mask, features=None):
+        """The backbone's pooled reading of the rows, with the exact row features appended: [B, hidden + F]."""
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         if self.pool == "mean":
@@ -67,5 +76,4 @@ class RowEncoder(nn.Module):
             pooled = h[torch.arange(h.shape[0], device=h.device), last]
         if self.n_features:
             pooled = torch.cat([pooled, features.to(pooled.device, pooled.dtype)], -1)
-        mu, logvar = self.head(pooled).chunk(2, dim=-1)
-        return mu, logvar.clamp(-10, 10)
+        return pooled

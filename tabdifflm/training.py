@@ -144,8 +144,9 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
     ``column_loss="token"`` averages the CE over choice tokens (the paper); ``"column"`` over (row,
     column) cells (:func:`column_balanced_mean`), so every column counts the same.
     ``aux_weight`` adds the latent head's own CE (:func:`head_nll`, same averaging), and ``aux_steps``
-    encoder-only steps on that loss (+ beta * KL) follow every decoder step: they cost no decoder pass, so
-    the latent learns to carry every column many times faster than through the frozen LLM alone.
+    steps on that loss (+ beta * KL) follow every decoder step, training the encoder head and the latent
+    head on the backbone's forward pass only: they cost no decoder pass and no backbone backward, so the
+    latent learns to carry every column many times faster than through the frozen LLM alone.
 
     Beta starts at ``max_beta`` and is multiplied by ``beta_decay`` whenever the validation NLL has not
     improved for ``beta_patience`` evaluations, down to ``min_beta``. The best state on validation NLL is
@@ -182,8 +183,13 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
             return 0.0
         return aux_weight * average(*head_nll(latent_head, grammar, z, toks, sts, valid), len(toks))
 
-    def encode_sample(ids, am, feats):
-        mu, logvar = encoder(ids.to(dev), am.to(dev), feats)
+    def encode_sample(ids, am, feats, backbone_grad=True):
+        if backbone_grad:
+            mu, logvar = encoder(ids.to(dev), am.to(dev), feats)
+        else:  # auxiliary steps train the heads only: the backbone's forward pass alone is a third of the cost
+            with torch.no_grad():
+                pooled = encoder.pooled(ids.to(dev), am.to(dev), feats)
+            mu, logvar = encoder.head_forward(pooled)
         return mu, logvar, mu + torch.randn(mu.shape, generator=generator).to(dev) * (0.5 * logvar).exp()
 
     def update(loss):
@@ -231,7 +237,7 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
                     break
                 pick = train_idx[torch.randint(0, len(train_idx), (batch_size,), generator=generator)]
                 ids, am, feats, toks, sts, valid = data.batch(pick.tolist())
-                mu, logvar, z = encode_sample(ids, am, feats)
+                mu, logvar, z = encode_sample(ids, am, feats, backbone_grad=False)
                 update(aux_term(z, toks, sts, valid) + beta * kl_term(mu, logvar))
             step += 1
             running.append(float(nll.detach().sum()) / len(toks))
