@@ -72,8 +72,9 @@ class DiffLMSynthesizer(BaseEstimator):
         Weight of the latent head's own reconstruction loss (the head alone, without the decoder), which makes
         the latent carry every column. Used only with ``latent_head=True``; 0 turns it off.
     aux_steps : int
-        Encoder-only steps on that loss after each decoder step. They cost no decoder pass (about a tenth of
-        a decoder step on a CPU), so the latent learns the columns far faster than through the LLM alone.
+        Steps on that loss after each decoder step, training the encoder head and the latent head on the
+        text encoder's forward pass only. They cost no decoder pass, so the latent learns the columns far
+        faster than through the LLM alone.
     row_features : bool
         Give the encoder head each value exactly (numbers as training quantiles, categories one-hot) beside
         the text encoder's pooled reading, so small but decisive columns reach the latent. False = the
@@ -106,7 +107,8 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
-                 aux_weight=1.0, aux_steps=3, row_features=True, column_loss="column", max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None,
+                 aux_weight=1.0, aux_steps=3, row_features=True, column_loss="column", max_beta=0.01,
+                 min_beta=1e-3, max_epochs=10, max_time=None,
                  batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
