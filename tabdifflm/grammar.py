@@ -387,10 +387,11 @@ class RowGrammar:
         self.allowed_ids: list[torch.Tensor] = []
         toks = {t for lit in self.lits for t in lit}
         self.group_offsets, n = [], 0
-        for g in self.cols:
+        self._positions = [min(self._value_len(g), MAX_POSITIONS) for g in self.cols]  # groups per column
+        for g, k in zip(self.cols, self._positions):
             toks |= g.tokens()
             self.group_offsets.append(n)
-            n += min(self._value_len(g), MAX_POSITIONS)
+            n += k
         self.n_groups = max(n, 1)
         self.vocab = torch.tensor(sorted(toks), dtype=torch.long)
         self._local = {t: k for k, t in enumerate(self.vocab.tolist())}
@@ -419,8 +420,7 @@ class RowGrammar:
             self.allowed_ids.append(torch.tensor(a, dtype=torch.long))
             self._columns.append(st[1] if st[0] == "V" else -1)
             if st[0] == "V":
-                g = self.cols[st[1]]
-                pos = min(g.position(st[2]), min(self._value_len(g), MAX_POSITIONS) - 1)
+                pos = min(self.cols[st[1]].position(st[2]), self._positions[st[1]] - 1)
                 self._groups.append(self.group_offsets[st[1]] + pos)
             else:
                 self._groups.append(-1)
@@ -448,6 +448,10 @@ class RowGrammar:
     def groups(self, sids: torch.Tensor) -> torch.Tensor:
         """States [N] -> latent logit group [N] (-1 outside values)."""
         return torch.tensor(self._groups, dtype=torch.long)[sids]
+
+    def is_choice(self, sids: torch.Tensor) -> torch.Tensor:
+        """States [...] -> bool [...]: more than one token allowed (a real choice, scored and sampled)."""
+        return torch.tensor([len(a) > 1 for a in self._allowed])[sids]
 
     def columns(self, sids: torch.Tensor) -> torch.Tensor:
         """States [N] -> index of the column being written [N] (-1 for literal text)."""

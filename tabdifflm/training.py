@@ -45,32 +45,33 @@ def choice_nll(decoder, injector, grammar, z, toks, states, valid, latent_head=N
     x = torch.cat([injector.prefix_embeds(z), tok_emb], 1).to(dtype)
     h, _ = run_base(base, x, injector.memory(z, dtype))
     h = h[:, P - 1:]  # hidden state that predicts token j sits at P - 1 + j
-    n_allowed = torch.tensor([len(a) for a in grammar._allowed])
-    choice = valid & (n_allowed[states] > 1)
-    bi, ji = choice.nonzero(as_tuple=True)
-    st = states[bi, ji]
+    bi, ji, st = _choices(grammar, states, valid)
     dev = h.device
-    bias = None
-    if latent_head is not None:
-        bias = latent_head(z)[bi.to(dev), grammar.groups(st).to(dev)]
+    bias = None if latent_head is None else latent_head(z)[bi.to(dev), grammar.groups(st).to(dev)]
     logits = choice_logits(decoder, grammar, h[bi.to(dev), ji.to(dev)], st, bias)
-    target = grammar.to_local(toks[bi, ji]).to(dev)
-    nll = torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
-    return nll, bi.to(dev), grammar.columns(st).to(dev)
+    return _target_nll(logits, grammar, toks[bi, ji]), bi.to(dev), grammar.columns(st).to(dev)
+
+
+def _choices(grammar, states, valid):
+    """Positions (row [M], position [M]) of the real choices in a padded batch, and their states [M]."""
+    bi, ji = (valid & grammar.is_choice(states)).nonzero(as_tuple=True)
+    return bi, ji, states[bi, ji]
+
+
+def _target_nll(logits, grammar, toks):
+    """Masked logits [M, K] and the decoder tokens written [M] -> NLL of each token [M]."""
+    target = grammar.to_local(toks).to(logits.device)
+    return torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
 
 
 def head_nll(latent_head, grammar, z, toks, states, valid):
     """NLL of every choice under the latent logit head alone (no decoder): the auxiliary loss that makes the
     latent carry every column. Same shapes and returns as :func:`choice_nll`; costs no decoder pass."""
-    n_allowed = torch.tensor([len(a) for a in grammar._allowed])
-    bi, ji = (valid & (n_allowed[states] > 1)).nonzero(as_tuple=True)
-    st = states[bi, ji]
+    bi, ji, st = _choices(grammar, states, valid)
     dev = z.device
     logits = latent_head(z)[bi.to(dev), grammar.groups(st).to(dev)]
     logits = logits.masked_fill(~grammar.local_mask(st).to(dev), float("-inf"))
-    target = grammar.to_local(toks[bi, ji]).to(dev)
-    nll = torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
-    return nll, bi.to(dev), grammar.columns(st).to(dev)
+    return _target_nll(logits, grammar, toks[bi, ji]), bi.to(dev), grammar.columns(st).to(dev)
 
 
 def reconstruction_nll(decoder, injector, grammar, z, toks, states, valid, latent_head=None):
