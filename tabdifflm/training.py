@@ -8,9 +8,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .decoder import run_base
+from . import parallel
 from .diffusion import MLPDenoiser, edm_loss
-from .logits import choice_logits
 
 
 def pad_batch(seqs: list[list[int]], states: list[list[int]], done_state: int):
@@ -27,56 +26,9 @@ def pad_batch(seqs: list[list[int]], states: list[list[int]], done_state: int):
     return toks, sts, valid
 
 
-def choice_nll(decoder, injector, grammar, z, toks, states, valid, latent_head=None):
-    """Negative log-likelihood of every real choice of each row under the frozen decoder, given latents.
-
-    z [B, D]; toks/states/valid [B, L]. Only positions with more than one allowed token count, and the
-    softmax runs over the tokens the grammar allows (the distribution the sampler draws from).
-    Returns (nll [M] in nats, row [M], column [M]) for the M choices of the batch.
-    """
-    base = decoder.base_model
-    dtype = decoder.dtype
-    emb = decoder.get_input_embeddings()
-    P = injector.n_prefix
-    tok_emb = emb(toks[:, :-1].to(z.device)).float()
-    off = injector.token_offset(z)
-    if off is not None:
-        tok_emb = tok_emb + off
-    x = torch.cat([injector.prefix_embeds(z), tok_emb], 1).to(dtype)
-    h, _ = run_base(base, x, injector.memory(z, dtype))
-    h = h[:, P - 1:]  # hidden state that predicts token j sits at P - 1 + j
-    bi, ji, st = _choices(grammar, states, valid)
-    dev = h.device
-    bias = None if latent_head is None else latent_head(z)[bi.to(dev), grammar.groups(st).to(dev)]
-    logits = choice_logits(decoder, grammar, h[bi.to(dev), ji.to(dev)], st, bias)
-    return _target_nll(logits, grammar, toks[bi, ji]), bi.to(dev), grammar.columns(st).to(dev)
-
-
-def _choices(grammar, states, valid):
-    """Positions (row [M], position [M]) of the real choices in a padded batch, and their states [M]."""
-    bi, ji = (valid & grammar.is_choice(states)).nonzero(as_tuple=True)
-    return bi, ji, states[bi, ji]
-
-
-def _target_nll(logits, grammar, toks):
-    """Masked logits [M, K] and the decoder tokens written [M] -> NLL of each token [M]."""
-    target = grammar.to_local(toks).to(logits.device)
-    return torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
-
-
-def head_nll(latent_head, grammar, z, toks, states, valid):
-    """NLL of every choice under the latent logit head alone (no decoder): the auxiliary loss that makes the
-    latent carry every column. Same shapes and returns as :func:`choice_nll`; costs no decoder pass."""
-    bi, ji, st = _choices(grammar, states, valid)
-    dev = z.device
-    logits = latent_head(z)[bi.to(dev), grammar.groups(st).to(dev)]
-    logits = logits.masked_fill(~grammar.local_mask(st).to(dev), float("-inf"))
-    return _target_nll(logits, grammar, toks[bi, ji]), bi.to(dev), grammar.columns(st).to(dev)
-
-
-def reconstruction_nll(decoder, injector, grammar, z, toks, states, valid, latent_head=None):
+def reconstruction_nll(model, z, toks, states, valid):
     """Per-row NLL (nats, summed over the row's choices) [B] and the number of choice tokens."""
-    nll, rows, _ = choice_nll(decoder, injector, grammar, z, toks, states, valid, latent_head)
+    nll, rows, _ = model(z, toks, states, valid)
     return torch.zeros(z.shape[0], device=nll.device).index_add(0, rows, nll), len(nll)
 
 
@@ -122,29 +74,32 @@ class VAEData:
         return ids[:, :keep], am[:, :keep], feats, toks, sts, valid
 
 
-def evaluate_nll(encoder, injector, decoder, grammar, data: VAEData, idx, batch_size, latent_head=None):
-    """Mean reconstruction NLL per row (nats) over rows ``idx``, using the posterior means."""
+def evaluate_nll(encoder, model, data: VAEData, idx, batch_size):
+    """Mean reconstruction NLL per row (nats) over rows ``idx``, using the posterior means. Under torchrun
+    each process scores its share of the rows and the mean is over all of them."""
+    idx = parallel.shard(torch.as_tensor(idx)).tolist()
     encoder.eval()
     total = 0.0
     with torch.no_grad():
         for s in range(0, len(idx), batch_size):
             ids, am, feats, toks, sts, valid = data.batch(idx[s:s + batch_size])
             mu, _ = encoder(ids.to(mu_dev(encoder)), am.to(mu_dev(encoder)), feats)
-            nll, _ = reconstruction_nll(decoder, injector, grammar, mu, toks, sts, valid, latent_head)
+            nll, _ = reconstruction_nll(model, mu, toks, sts, valid)
             total += float(nll.sum())
     encoder.train()
-    return total / max(len(idx), 1)
+    total, n = parallel.all_sum([total, len(idx)])
+    return total / max(n, 1)
 
 
-def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
+def train_vae(encoder, model, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
-              beta_patience=2, eval_every=25, latent_head=None, column_loss="token", aux_weight=0.0,
+              beta_patience=2, eval_every=25, column_loss="token", aux_weight=0.0,
               aux_steps=0, generator=None, verbose=True, log=None):
-    """Train encoder + injector (+ latent logit head) against the frozen decoder: CE + beta * KL.
+    """Train the encoder and the model's injector (+ latent logit head) against its frozen decoder: CE + beta * KL.
 
     ``column_loss="token"`` averages the CE over choice tokens (the paper); ``"column"`` over (row,
     column) cells (:func:`column_balanced_mean`), so every column counts the same.
-    ``aux_weight`` adds the latent head's own CE (:func:`head_nll`, same averaging), and ``aux_steps``
+    ``aux_weight`` adds the latent head's own CE (:meth:`RowModel.head_nll`, same averaging), and ``aux_steps``
     steps on that loss (+ beta * KL) follow every decoder step, training the encoder head and the latent
     head on the backbone's forward pass only: they cost no decoder pass and no backbone backward, so the
     latent learns to carry every column many times faster than through the frozen LLM alone.
@@ -155,13 +110,14 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
     ``deadline`` (time.monotonic()): the passes are timed, so the stage ends by its deadline.
     Returns a list of dicts (elapsed s, step, epoch, beta, train and validation NLL per row).
     """
-    heads = list(encoder.head.parameters()) + list(injector.parameters())
-    heads += list(latent_head.parameters()) if latent_head is not None else []
+    latent_head = model.latent_head
+    heads = list(encoder.head.parameters()) + list(model.parameters())
     params = [
         {"params": encoder.backbone.parameters(), "lr": encoder_learning_rate},
         {"params": heads, "lr": learning_rate},
     ]
-    modules = [encoder, injector] + ([latent_head] if latent_head is not None else [])
+    modules = [encoder, model]
+    trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, weight_decay=0.0)
     beta, best, stall = max_beta, math.inf, 0
     best_state = None
@@ -173,8 +129,8 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
     step, running = 0, []
     dev = mu_dev(encoder)
     encoder.train()
-    bar = tqdm(total=total_steps, desc="VAE", disable=not verbose, dynamic_ncols=True)
-    n_cols = len(grammar.cols)
+    bar = tqdm(total=total_steps, desc="VAE", disable=not verbose or not parallel.is_main(), dynamic_ncols=True)
+    n_cols = model.grammar.n_columns
 
     def average(nll, rows, cols, n_rows):
         return column_balanced_mean(nll, rows, cols, n_rows, n_cols) if column_loss == "column" else nll.mean()
@@ -182,29 +138,32 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
     def aux_term(z, toks, sts, valid):
         if not aux_weight or latent_head is None:
             return 0.0
-        return aux_weight * average(*head_nll(latent_head, grammar, z, toks, sts, valid), len(toks))
+        return aux_weight * average(*model.head_nll(z, toks, sts, valid), len(toks))
 
-    def encode_sample(ids, am, feats, backbone_grad=True):
+    def encode_sample(n_global, ids, am, feats, backbone_grad=True):
+        # noise drawn for the whole batch, then this process's share: every process's generator stays in step
+        eps = parallel.shard(torch.randn(n_global, encoder.head.out_features // 2, generator=generator)).to(dev)
         if backbone_grad:
             mu, logvar = encoder(ids.to(dev), am.to(dev), feats)
         else:  # auxiliary steps train the heads only: the backbone's forward pass alone is a third of the cost
             with torch.no_grad():
                 pooled = encoder.pooled(ids.to(dev), am.to(dev), feats)
             mu, logvar = encoder.head_forward(pooled)
-        return mu, logvar, mu + torch.randn(mu.shape, generator=generator).to(dev) * (0.5 * logvar).exp()
+        return mu, logvar, mu + eps * (0.5 * logvar).exp()
 
     def update(loss):
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for m in modules for p in m.parameters()], 1.0)
+        parallel.average_gradients(trainable)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
 
-    eval_s = 0.0
+    eval_s = step_s = 0.0  # longest validation pass, latest training step
 
     def evaluate(epoch):
         nonlocal best, stall, beta, best_state, eval_s
         t_eval = time.monotonic()
-        v = evaluate_nll(encoder, injector, decoder, grammar, data, val_idx.tolist(), batch_size, latent_head)
+        v = evaluate_nll(encoder, model, data, val_idx.tolist(), batch_size)
         rec = {"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch, "beta": beta,
                "train_nll": round(sum(running) / max(len(running), 1), 3), "val_nll": round(v, 3)}
         running.clear()
@@ -221,26 +180,31 @@ def train_vae(encoder, injector, decoder, grammar, data: VAEData, train_idx, val
         bar.set_postfix(val_nll=f"{v:.1f}", beta=f"{beta:.2g}")
         eval_s = max(eval_s, time.monotonic() - t_eval)
 
-    def out_of_time():
-        return time.monotonic() + eval_s > deadline
+    def out_of_time():  # would one more step and the final validation pass end after the deadline?
+        return parallel.any_true(time.monotonic() + step_s + eval_s > deadline)  # all processes agree
 
     evaluate(0)
     stop = False
     for epoch in range(max_epochs):
         order = train_idx[torch.randperm(len(train_idx), generator=generator)]
         for s in range(0, len(order), batch_size):
-            ids, am, feats, toks, sts, valid = data.batch(order[s:s + batch_size].tolist())
-            mu, logvar, z = encode_sample(ids, am, feats)
-            nll, rows, cols = choice_nll(decoder, injector, grammar, z, toks, sts, valid, latent_head)
+            t_step = time.monotonic()
+            part = order[s:s + batch_size]
+            if len(part) < parallel.world():  # a tail too short to give every process a row
+                continue
+            ids, am, feats, toks, sts, valid = data.batch(parallel.shard(part).tolist())
+            mu, logvar, z = encode_sample(len(part), ids, am, feats)
+            nll, rows, cols = model(z, toks, sts, valid)
             update(average(nll, rows, cols, len(toks)) + aux_term(z, toks, sts, valid) + beta * kl_term(mu, logvar))
             for _ in range(aux_steps if aux_weight and latent_head is not None else 0):
                 if out_of_time():
                     break
                 pick = train_idx[torch.randint(0, len(train_idx), (batch_size,), generator=generator)]
-                ids, am, feats, toks, sts, valid = data.batch(pick.tolist())
-                mu, logvar, z = encode_sample(ids, am, feats, backbone_grad=False)
+                ids, am, feats, toks, sts, valid = data.batch(parallel.shard(pick).tolist())
+                mu, logvar, z = encode_sample(len(pick), ids, am, feats, backbone_grad=False)
                 update(aux_term(z, toks, sts, valid) + beta * kl_term(mu, logvar))
             step += 1
+            step_s = time.monotonic() - t_step  # the latest step: follows the machine's current load
             running.append(float(nll.detach().sum()) / len(toks))
             bar.update(1)
             bar.set_description(f"VAE nll/row {running[-1]:.1f}")
@@ -279,17 +243,22 @@ def time_diffusion_step(dim: int, n: int, batch_size: int = 512, hidden: int = 1
 
 
 def train_diffusion(latents: torch.Tensor, *, steps: int, deadline: float, batch_size: int = 512, lr: float = 1e-3,
-                    hidden: int = 1024, t_dim: int = 256, generator=None, verbose=True):
-    """Fit the EDM denoiser on normalised latents [N, D]. Returns (denoiser, loss history)."""
-    net = MLPDenoiser(latents.shape[1], hidden=hidden, t_dim=t_dim)
+                    hidden: int = 1024, t_dim: int = 256, generator=None, verbose=True, device="cpu"):
+    """Fit the EDM denoiser on normalised latents [N, D] on ``device``. Returns (denoiser, loss history)."""
+    # initialised from the stage's own generator, not torch's global stream (which dropout has consumed
+    # by then, differently in each process under torchrun)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        net = MLPDenoiser(latents.shape[1], hidden=hidden, t_dim=t_dim).to(device)
+    latents = latents.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
     history = []
-    bar = tqdm(range(steps), desc="diffusion", disable=not verbose, dynamic_ncols=True)
+    bar = tqdm(range(steps), desc="diffusion", disable=not verbose or not parallel.is_main(), dynamic_ncols=True)
     ema = None
     for step in bar:
         idx = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=generator)
-        loss = edm_loss(net, latents[idx], generator=generator)
+        loss = edm_loss(net, latents[idx.to(device)], generator=generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

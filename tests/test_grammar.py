@@ -153,25 +153,67 @@ def test_missing_values_are_a_choice_only_where_training_had_them(smol_tokenizer
 
 
 @pytest.mark.parametrize("numbers", ["plain", "fixed"])
-def test_compiled_sub_vocabulary_masks_agree_with_the_automaton(mixed_df, smol_tokenizer, numbers):
-    """local_mask over grammar.vocab allows exactly the tokens of allowed(), on random walks."""
+def test_compiled_tables_agree_with_the_automaton_on_random_walks(mixed_df, smol_tokenizer, numbers):
+    """Walking the Python automaton: at every state the compiled mask allows exactly allowed(), the compiled
+    step lands on next_state(), and the forced/choice/column/group tables describe the same state."""
     s = infer_schema(mixed_df)
     g = RowGrammar(RowFormat("values", s, numbers), smol_tokenizer)
+    tb = g.tables
     rnd = random.Random(1)
-    vocab = g.vocab.tolist()
-    assert vocab == sorted(set(vocab)) and len(vocab) < 1000
+    vocab = tb.vocab.tolist()
+    assert vocab == sorted(set(vocab)) and len(vocab) < 1000 and tb.n_states == g.n_states
     for _ in range(100):
         sid = g.start
         while sid != g.done:
             a = g.allowed(sid)
-            mask = g.local_mask(torch.tensor([sid]))[0]
-            assert {vocab[k] for k in mask.nonzero().flatten().tolist()} == set(a)
+            st = torch.tensor([sid])
+            assert {vocab[k] for k in tb.mask(st)[0].nonzero().flatten().tolist()} == set(a)
+            assert bool(tb.choice[sid]) == (len(a) > 1)
+            assert int(tb.forced[sid]) == (vocab.index(a[0]) if len(a) == 1 else -1)
             t = rnd.choice(a)
-            assert vocab[int(g.to_local(torch.tensor([t])))] == t
-            col, grp = int(g.columns(torch.tensor([sid]))), int(g.groups(torch.tensor([sid])))
+            k = tb.to_local(torch.tensor([t]))
+            assert vocab[int(k)] == t
+            nxt = g.next_state(sid, t)
+            assert int(tb.step(st, k)) == nxt
+            col, grp = int(tb.column[sid]), int(tb.group[sid])
+            assert col == (-1 if g.column_of(sid) is None else g.column_of(sid))
             if len(a) > 1:  # every choice sits in a value and has a latent logit group of that column
                 assert col >= 0 and g.group_offsets[col] <= grp < g.n_groups
-                nxt = g.group_offsets[col + 1] if col + 1 < len(g.cols) else g.n_groups
-                assert grp < nxt
-            sid = g.next_state(sid, t)
+                end = g.group_offsets[col + 1] if col + 1 < len(g.cols) else g.n_groups
+                assert grp < end
+            sid = nxt
+    assert g.n_states == tb.n_states  # walking found no state the compiler missed
 
+
+@pytest.mark.parametrize("fmt", ["values", "json"])
+def test_rows_walked_on_the_compiled_tables_alone_are_rows_of_the_automaton(adult_small, smol_tokenizer, fmt):
+    """The other direction: batches of random walks that only use the tables (mask, forced, step) end in
+    done within max_tokens, and the automaton decodes every one and writes it back to the same tokens."""
+    s = infer_schema(adult_small)
+    g = RowGrammar(RowFormat(fmt, s, "fixed" if fmt == "values" else "plain"), smol_tokenizer)
+    tb = g.tables
+    gen = torch.Generator().manual_seed(0)
+    B = 64
+    state = torch.full((B,), tb.start)
+    rows = [[] for _ in range(B)]
+    for _ in range(tb.max_tokens):
+        live = state != tb.done
+        if not live.any():
+            break
+        m = tb.mask(torch.where(live, state, tb.start)).float()
+        pick = torch.multinomial(m, 1, generator=gen).squeeze(1)
+        tok = torch.where(tb.forced[state] >= 0, tb.forced[state], pick)
+        for b in live.nonzero().flatten().tolist():
+            rows[b].append(int(tb.vocab[tok[b]]))
+        state = tb.step(state, tok)
+    assert (state == tb.done).all()
+    for r in rows:
+        values = g.decode(r)
+        assert g.encode(values)[0] == r
+
+
+def test_compiled_tables_are_small_and_move_between_devices(adult_small, smol_tokenizer):
+    g = RowGrammar(RowFormat("values", infer_schema(adult_small), "fixed"), smol_tokenizer)
+    tb = g.tables
+    assert tb.nbytes() < 1 << 20  # bit masks and an edge list, no dense states x vocabulary table
+    assert tb.to("cpu") is tb and tb.to("meta").mask(torch.tensor([tb.start], device="meta")).device.type == "meta"

@@ -4,7 +4,7 @@ from transformers import AutoModelForCausalLM
 
 from tabdifflm.grammar import RowGrammar
 from tabdifflm.injection import Injector
-from tabdifflm.sampling import generate_tokens
+from tabdifflm.model import RowModel
 from tabdifflm.schema import frame_rows, infer_schema
 from tabdifflm.serialization import RowFormat
 from tabdifflm.training import pad_batch, reconstruction_nll
@@ -25,13 +25,14 @@ def test_latent_reaches_the_frozen_decoder(method, tiny_decoder, smol_tokenizer,
     toks, sts, valid = pad_batch([e[0] for e in enc], [e[1] for e in enc], g.done)
     inj = Injector(method, 6, tiny_decoder, n_soft_tokens=3, n_prefix_tokens=2)
     z = torch.randn(4, 6, requires_grad=True)
-    nll, n_tok = reconstruction_nll(tiny_decoder, inj, g, z, toks, sts, valid)
+    model = RowModel(tiny_decoder, inj, g)
+    nll, n_tok = reconstruction_nll(model, z, toks, sts, valid)
     assert nll.shape == (4,) and n_tok > 0 and torch.isfinite(nll).all()
     nll.sum().backward()
     assert z.grad.abs().sum() > 0  # the loss depends on the latent
     assert inj.proj.weight.grad.abs().sum() > 0 and inj.prefix.grad.abs().sum() > 0
     assert all(p.grad is None for p in tiny_decoder.parameters())
-    nll2, _ = reconstruction_nll(tiny_decoder, inj, g, z.detach() + 1.0, toks, sts, valid)
+    nll2, _ = reconstruction_nll(model, z.detach() + 1.0, toks, sts, valid)
     assert not torch.allclose(nll, nll2)
 
 
@@ -44,7 +45,7 @@ def test_cached_greedy_generation_matches_a_full_forward_pass(method, tiny_decod
     g = RowGrammar(RowFormat("values", s), smol_tokenizer)
     inj = Injector(method, 6, tiny_decoder, n_soft_tokens=3, n_prefix_tokens=2)
     z = torch.randn(3, 6)
-    rows = generate_tokens(tiny_decoder, inj, g, z, temperature=0)
+    rows = RowModel(tiny_decoder, inj, g).generate(z, temperature=0)
     base, head = decoder_parts(tiny_decoder)
     emb = tiny_decoder.get_input_embeddings()
     with torch.no_grad():

@@ -23,8 +23,9 @@ import pandas as pd
 
 import torch
 
-from .schema import ColumnSpec
-from .serialization import RowFormat, int_widths, parse_datetime
+from .compiled import CompiledGrammar
+from ..schema import ColumnSpec
+from ..serialization import RowFormat, int_widths, parse_datetime
 
 END = -1
 DONE = ("D",)
@@ -352,15 +353,16 @@ MAX_POSITIONS = 12  # value positions with their own latent logit group; later o
 
 
 class RowGrammar:
-    """The automaton of a whole row, with interned integer states for fast batched use.
+    """The automaton of a whole row, with interned integer states.
 
-    ``allowed_ids[state]`` is a LongTensor of the tokens allowed in that state; ``next_state(state, tok)``
-    moves on; state ``done`` means the row is complete.
+    ``allowed(state)`` is the tuple of decoder tokens allowed in a state; ``next_state(state, tok)`` moves
+    on; state ``done`` means the row is complete. ``vocab`` [K] lists every token the grammar can ever emit
+    (a few hundred of the decoder's tens of thousands). ``group_of(state)`` names the (column, position in
+    the value) a choice belongs to, for the latent logit head; -1 for literal text.
 
-    ``vocab`` [K] lists every token the grammar can ever emit (a few hundred of the decoder's tens of
-    thousands), so logits are computed for those only; ``local_mask(states)`` [N, K] says which of them
-    each state allows. ``group(state)`` names the (column, position in the value) a choice belongs to,
-    for the latent logit head; -1 for literal text.
+    ``tables`` is the same automaton compiled to tensors (:class:`CompiledGrammar`), which the model's
+    forward pass and the sampler use; this class is the reference they are tested against, and it reads
+    and writes whole rows (``encode``/``decode``).
     """
 
     def __init__(self, fmt: RowFormat, tokenizer):
@@ -384,7 +386,6 @@ class RowGrammar:
         self._states: list[tuple] = []
         self._allowed: list[tuple] = []
         self._trans: dict[tuple[int, int], int] = {}
-        self.allowed_ids: list[torch.Tensor] = []
         toks = {t for lit in self.lits for t in lit}
         self.group_offsets, n = [], 0
         self._positions = [min(self._value_len(g), MAX_POSITIONS) for g in self.cols]  # groups per column
@@ -394,12 +395,10 @@ class RowGrammar:
             n += k
         self.n_groups = max(n, 1)
         self.vocab = torch.tensor(sorted(toks), dtype=torch.long)
-        self._local = {t: k for k, t in enumerate(self.vocab.tolist())}
         self._groups: list[int] = []
-        self._columns: list[int] = []
-        self._mask = torch.zeros(0, len(self.vocab), dtype=torch.bool)
         self.start = self._intern(self._enter_literal(0, 0))
         self.done = self._intern(DONE)
+        self.tables = CompiledGrammar.build(self)  # interns every reachable state
 
     # -- states ------------------------------------------------------------------------------------------
     def _enter_literal(self, i, k):
@@ -417,8 +416,6 @@ class RowGrammar:
             self._states.append(st)
             a = self._compute_allowed(st)
             self._allowed.append(a)
-            self.allowed_ids.append(torch.tensor(a, dtype=torch.long))
-            self._columns.append(st[1] if st[0] == "V" else -1)
             if st[0] == "V":
                 pos = min(self.cols[st[1]].position(st[2]), self._positions[st[1]] - 1)
                 self._groups.append(self.group_offsets[st[1]] + pos)
@@ -431,31 +428,14 @@ class RowGrammar:
         """Size of the grammar's sub-vocabulary."""
         return len(self.vocab)
 
-    def local_mask(self, sids: torch.Tensor) -> torch.Tensor:
-        """States [N] -> bool [N, K]: which sub-vocabulary tokens each state allows."""
-        n = len(self._states)
-        if self._mask.shape[0] < n:  # states are interned lazily: add rows for the new ones
-            new = torch.zeros(n - self._mask.shape[0], self.K, dtype=torch.bool)
-            for r, sid in enumerate(range(self._mask.shape[0], n)):
-                new[r, [self._local[t] for t in self._allowed[sid]]] = True
-            self._mask = torch.cat([self._mask, new])
-        return self._mask[sids]
+    @property
+    def n_states(self) -> int:
+        """States interned so far (all reachable ones once ``tables`` is built)."""
+        return len(self._states)
 
-    def to_local(self, toks: torch.Tensor) -> torch.Tensor:
-        """Decoder token ids -> indices into ``vocab`` (each must be a grammar token)."""
-        return torch.searchsorted(self.vocab, toks)
-
-    def groups(self, sids: torch.Tensor) -> torch.Tensor:
-        """States [N] -> latent logit group [N] (-1 outside values)."""
-        return torch.tensor(self._groups, dtype=torch.long)[sids]
-
-    def is_choice(self, sids: torch.Tensor) -> torch.Tensor:
-        """States [...] -> bool [...]: more than one token allowed (a real choice, scored and sampled)."""
-        return torch.tensor([len(a) > 1 for a in self._allowed])[sids]
-
-    def columns(self, sids: torch.Tensor) -> torch.Tensor:
-        """States [N] -> index of the column being written [N] (-1 for literal text)."""
-        return torch.tensor(self._columns, dtype=torch.long)[sids]
+    def group_of(self, sid: int) -> int:
+        """Latent logit group of a state (-1 outside values)."""
+        return self._groups[sid]
 
     @staticmethod
     def _value_len(g) -> int:

@@ -1,0 +1,220 @@
+"""Command line: ``tabdifflm fit | sample | evaluate | info``.
+
+    tabdifflm fit adult.csv -o adult.tdl --minutes 20
+    tabdifflm sample adult.tdl -n 1000 -o synthetic.csv
+    tabdifflm evaluate adult.csv synthetic.csv --target income --test adult_test.csv
+    tabdifflm info adult.tdl
+
+Tables are read and written as CSV (also ``.csv.gz``) or Parquet, chosen by the file name; ``-`` writes
+CSV to standard output. Progress goes to standard error. Exit codes: 0 done, 1 the input or the model was
+refused (the message says why), 2 the command line itself is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+class CLIError(Exception):
+    """A problem with the user's input, reported as one line and exit code 1."""
+
+
+def read_table(path: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"no file at {path}")
+    name = p.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return pd.read_parquet(p)
+    if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".tsv", ".txt")):
+        return pd.read_csv(p, sep="\t" if name.endswith(".tsv") else ",")
+    raise CLIError(f"{path}: unknown table format; use .csv, .csv.gz or .parquet")
+
+
+def write_table(df: pd.DataFrame, path: str) -> None:
+    if path == "-":
+        df.to_csv(sys.stdout, index=False)
+        return
+    name = Path(path).name.lower()
+    if not Path(path).parent.exists():
+        raise CLIError(f"cannot write {path}: the folder {Path(path).parent} does not exist")
+    if name.endswith((".parquet", ".pq")):
+        df.to_parquet(path, index=False)
+    elif name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip")):
+        df.to_csv(path, index=False)
+    else:
+        raise CLIError(f"{path}: unknown table format; use .csv, .csv.gz or .parquet")
+
+
+def _value(text: str):
+    """``--param`` values: JSON where it parses (numbers, true/false, null), the text itself otherwise."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_fit(a) -> None:
+    from . import DiffLMSynthesizer
+
+    df = read_table(a.data)
+    params = {"random_state": a.seed, "verbose": not a.quiet}
+    if a.minutes is not None:
+        params["max_time"] = a.minutes * 60
+    if a.epochs is not None:
+        params["max_epochs"] = a.epochs
+    for key in ("encoder", "decoder", "device"):
+        if getattr(a, key) is not None:
+            params[key] = getattr(a, key)
+    for kv in a.param or []:
+        if "=" not in kv:
+            raise CLIError(f"--param {kv!r}: write it as name=value")
+        k, v = kv.split("=", 1)
+        params[k] = _value(v)
+    known = DiffLMSynthesizer().get_params()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise CLIError(f"unknown parameter(s) {unknown}; the parameters are listed by "
+                       "`python -m pydoc tabdifflm.DiffLMSynthesizer`")
+    if a.drop:
+        missing = [c for c in a.drop if c not in df.columns]
+        if missing:
+            raise CLIError(f"--drop: no column(s) {missing} in {a.data}")
+        df = df.drop(columns=a.drop)
+    s = DiffLMSynthesizer(**params).fit(df)
+    s.save(a.output)
+    print(f"fitted {len(df)} rows x {df.shape[1]} columns in {s.fit_seconds_:.0f} s; model written to {a.output}",
+          file=sys.stderr)
+
+
+def cmd_sample(a) -> None:
+    from . import DiffLMSynthesizer
+
+    if a.n < 1:
+        raise CLIError(f"-n must be at least 1, got {a.n}")
+    s = DiffLMSynthesizer.load(a.model, decoder=a.decoder, encoder=a.encoder, device=a.device)
+    if a.quiet:
+        s.set_params(verbose=False)
+    if a.temperature is not None:
+        s.set_params(temperature=a.temperature)
+    df = s.sample(a.n, random_state=a.seed)
+    write_table(df, a.output)
+    if a.output != "-":
+        print(f"wrote {len(df)} rows to {a.output}", file=sys.stderr)
+
+
+def cmd_evaluate(a) -> None:
+    from .metrics import dcr, detection, fidelity, mle
+
+    real, syn = read_table(a.real), read_table(a.synthetic)
+    missing = [c for c in real.columns if c not in syn.columns]
+    if missing:
+        raise CLIError(f"{a.synthetic} lacks the real table's column(s) {missing}")
+    syn = syn[list(real.columns)]
+    out = {"rows": {"real": len(real), "synthetic": len(syn)}, "fidelity": fidelity(syn, real),
+           "detection": detection(syn, real)}
+    if a.holdout:
+        out["dcr"] = dcr(syn, real, read_table(a.holdout)[list(real.columns)])
+    if a.target is not None:
+        if a.target not in real.columns:
+            raise CLIError(f"--target {a.target!r} is not a column of {a.real}")
+        if not a.test:
+            raise CLIError("--target needs --test: the real rows to score the models on")
+        test = read_table(a.test)
+        task = a.task or ("regression" if pd.api.types.is_float_dtype(real[a.target]) and
+                          real[a.target].nunique() > 20 else "classification")
+        out["mle"] = {"task": task, "synthetic": mle(syn, test, a.target, task),
+                      "real": mle(real, test, a.target, task)}
+    text = json.dumps(out, indent=1, default=float)
+    if a.output:
+        Path(a.output).write_text(text)
+        print(f"metrics written to {a.output}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def cmd_info(a) -> None:
+    from .persistence import read_model_file
+
+    _, meta = read_model_file(a.model)
+    schema = meta["schema"]
+    cols = schema.get("columns", [])
+    vae = meta.get("history", {}).get("vae") or [{}]
+    info = {"file": str(a.model), "tabdifflm_version": meta.get("tabdifflm_version"),
+            "columns": [{k: c.get(k) for k in ("name", "kind", "dtype") if k in c} for c in cols],
+            "decoder": meta["decoder_ref"].get("decoder"), "decoder_dtype": meta["decoder_ref"].get("dtype"),
+            "encoder": meta["encoder_ref"].get("encoder"), "fit_seconds": meta.get("fit_seconds"),
+            "vae_steps": vae[-1].get("step"), "best_validation_nll": min((r.get("val_nll", float("inf"))
+                                                                          for r in vae), default=None),
+            "params": meta["params"]}
+    print(json.dumps(info, indent=1, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tabdifflm", description=__doc__.split("\n\n")[0],
+                                epilog="Run `tabdifflm COMMAND --help` for each command's options.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="learn a table and save the model",
+                       description="Learn a table (CSV or Parquet) and write the model file.")
+    f.add_argument("data", help="the table to learn (.csv, .csv.gz, .parquet)")
+    f.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.tdl)")
+    f.add_argument("--minutes", type=float, help="time budget for the whole fit (default: max_epochs decides)")
+    f.add_argument("--epochs", type=int, help="VAE epochs (max_epochs)")
+    f.add_argument("--seed", type=int, default=0, help="random_state (default 0: the same file gives the same model)")
+    f.add_argument("--drop", nargs="+", metavar="COLUMN", help="columns to leave out (ids, free text)")
+    f.add_argument("--encoder", help="text encoder: Hugging Face id or folder (default: packaged MiniLM)")
+    f.add_argument("--decoder", help="decoder LLM: Hugging Face id, folder or .gguf (default: packaged SmolLM2)")
+    f.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: auto)")
+    f.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="any DiffLMSynthesizer parameter, e.g. --param latent_dim=32 (repeatable)")
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("sample", help="write synthetic rows from a model",
+                       description="Write exactly N valid synthetic rows with the training columns.")
+    s.add_argument("model", help="model file written by `tabdifflm fit`")
+    s.add_argument("-n", type=int, required=True, help="number of rows")
+    s.add_argument("-o", "--output", required=True, help="output table (.csv, .csv.gz, .parquet, or - for stdout)")
+    s.add_argument("--seed", type=int, default=None, help="random_state of this draw")
+    s.add_argument("--temperature", type=float, help="decoder temperature (0 = greedy)")
+    s.add_argument("--decoder", help="where the decoder lives now, if it moved")
+    s.add_argument("--encoder", help="where the encoder lives now, if it moved")
+    s.add_argument("--device", help="cpu, cuda, ...")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("evaluate", help="compare a synthetic table with the real one",
+                       description="Column shapes and pair trends (SDMetrics), detection, and optionally DCR "
+                                   "(--holdout) and machine-learning efficiency (--target, --test).")
+    e.add_argument("real", help="the real rows the model was fitted on")
+    e.add_argument("synthetic", help="the synthetic rows")
+    e.add_argument("--target", help="column to predict for MLE")
+    e.add_argument("--task", choices=["classification", "regression"], help="default: guessed from the target")
+    e.add_argument("--test", help="real rows not used in fitting, to score MLE on")
+    e.add_argument("--holdout", help="real rows not used in fitting, for DCR")
+    e.add_argument("-o", "--output", help="write the metrics JSON here instead of standard output")
+    e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser("info", help="describe a model file", description="Columns, models, fit time, parameters.")
+    i.add_argument("model")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CLIError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"tabdifflm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The decoding side of DiffLM as one module: latent -> injector -> frozen LLM -> masked logits of each choice.
+
+Training (teacher-forced NLL of every grammar choice) and sampling (``generate``) both go through
+:meth:`RowModel.logits`, so the model samples exactly the distribution it was trained on. Logits are
+computed for the grammar's sub-vocabulary only (``head.weight[vocab]``: a few hundred of the decoder's
+~49k tokens), masked by the compiled grammar's tables, and optionally shifted by the latent logit head
+(a direct path from the latent to every (column, position) choice; see docs/design.md).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decoder import run_base
+from .grammar import CompiledGrammar, RowGrammar
+
+
+class LatentLogitHead(nn.Module):
+    """Latent z [B, D] -> additive logits [B, G, K] for each (column, position) group over the sub-vocabulary.
+
+    Zero-initialised, so a fresh model writes exactly what the frozen decoder would; training moves each
+    group's logits by a linear function of the latent (a product of experts with the LLM).
+    """
+
+    def __init__(self, latent_dim: int, n_groups: int, n_tokens: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_groups * n_tokens, latent_dim))
+        self.bias = nn.Parameter(torch.zeros(n_groups * n_tokens))
+        self.shape = (n_groups, n_tokens)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.linear(z.float(), self.weight, self.bias).view(z.shape[0], *self.shape)
+
+
+class RowModel(nn.Module):
+    """p(row | z): the injector and latent head (trained) around the frozen decoder and the row grammar
+    (its automaton ``automaton`` for whole rows, its compiled tables ``grammar`` for the inner loops).
+
+    The decoder is held, not registered: its weights never change and are saved by id and fingerprint,
+    so ``state_dict()`` holds the trained parts only.
+    """
+
+    def __init__(self, decoder, injector: nn.Module, grammar: RowGrammar, latent_head: nn.Module | None = None):
+        super().__init__()
+        self.injector = injector
+        self.latent_head = latent_head
+        object.__setattr__(self, "decoder", decoder)
+        dev = next(decoder.parameters()).device
+        self.automaton = grammar  # reads and writes whole rows (encode/decode); the reference of the tables
+        self.grammar: CompiledGrammar = grammar.tables.to(dev)
+        head = decoder.get_output_embeddings()
+        # the frozen output head cut to the sub-vocabulary once: [K, H] (and [K])
+        self.head_weight = head.weight.detach()[self.grammar.vocab]
+        self.head_bias = None if head.bias is None else head.bias.detach()[self.grammar.vocab]
+        self.softcap = getattr(decoder.config, "final_logit_softcapping", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head_weight.device
+
+    # -- logits ------------------------------------------------------------------------------------------
+    def logits(self, h: torch.Tensor, states: torch.Tensor, table: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Masked logits of choices over the sub-vocabulary.
+
+        h [N, H]: decoder hidden states (after the final norm) that predict the next token; states [N]: the
+        grammar state of each; table [B, G, K]: the latent head's output for the batch (or None), and rows
+        [N] the batch row of each choice (default: row n is choice n). Returns float32 [N, K], -inf where
+        the state forbids the token.
+        """
+        logits = F.linear(h, self.head_weight, self.head_bias).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        if table is not None:
+            rows = torch.arange(len(h), device=h.device) if rows is None else rows
+            logits = logits + table[rows, self.grammar.group[states].clamp(min=0)]
+        return logits.masked_fill(~self.grammar.mask(states), float("-inf"))
+
+    def _choices(self, states, valid):
+        """Positions (row [M], position [M]) of the real choices in a padded batch, and their states [M]."""
+        bi, ji = (valid & self.grammar.choice[states]).nonzero(as_tuple=True)
+        return bi, ji, states[bi, ji]
+
+    def _target_nll(self, logits, toks):
+        """Masked logits [M, K] and the decoder tokens written [M] -> NLL of each [M]."""
+        target = self.grammar.to_local(toks)
+        return torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
+
+    # -- training ----------------------------------------------------------------------------------------
+    def forward(self, z: torch.Tensor, toks: torch.Tensor, states: torch.Tensor, valid: torch.Tensor):
+        """Teacher-forced NLL of every real choice of each row given its latent.
+
+        z [B, D]; toks/states/valid [B, L] (decoder tokens, grammar state before each, padding mask). Only
+        positions with more than one allowed token count, and the softmax runs over the tokens the grammar
+        allows (the distribution the sampler draws from). Returns (nll [M] in nats, row [M], column [M])
+        for the M choices of the batch.
+        """
+        dev = self.device
+        toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
+        inj = self.injector
+        emb = self.decoder.get_input_embeddings()
+        x = emb(toks[:, :-1]).float()  # [B, L-1, H]
+        off = inj.token_offset(z)
+        if off is not None:
+            x = x + off
+        x = torch.cat([inj.prefix_embeds(z), x], 1).to(self.decoder.dtype)  # [B, P+L-1, H]
+        h, _ = run_base(self.decoder.base_model, x, inj.memory(z, self.decoder.dtype))
+        h = h[:, inj.n_prefix - 1:]  # the hidden state that predicts token j sits at P - 1 + j
+        bi, ji, st = self._choices(states, valid)
+        table = None if self.latent_head is None else self.latent_head(z)
+        logits = self.logits(h[bi, ji], st, table, bi)
+        return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
+
+    def head_nll(self, z, toks, states, valid):
+        """NLL of every choice under the latent logit head alone (no decoder pass): the auxiliary loss that
+        makes the latent carry every column. Same arguments and returns as :meth:`forward`."""
+        dev = self.device
+        toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
+        bi, ji, st = self._choices(states, valid)
+        logits = self.latent_head(z)[bi, self.grammar.group[st]]
+        logits = logits.masked_fill(~self.grammar.mask(st), float("-inf"))
+        return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
+
+    # -- sampling ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None):
+        """Write one row per latent. z [B, D] -> list of B decoder-token lists (each a complete row).
+
+        All rows advance in lockstep, one decoder call per token with the KV cache; grammar states step by
+        table lookup on the model's device, and the host is asked once a token whether every row is done.
+        Forced tokens (literal text) are written without sampling; a finished row is fed padding. The
+        grammar bounds every row's length, so this ends after at most ``grammar.max_tokens`` steps.
+        ``generator`` (on any device) makes the draws reproducible; temperature 0 is greedy.
+        """
+        g, dec, inj = self.grammar, self.decoder, self.injector
+        dev, dtype = self.device, dec.dtype
+        z = z.to(dev)
+        B = z.shape[0]
+        emb = dec.get_input_embeddings()
+        h, cache = run_base(dec.base_model, inj.prefix_embeds(z).to(dtype), inj.memory(z, dtype), True)
+        h = h[:, -1]  # [B, H]
+        offset = inj.token_offset(z)
+        table = None if self.latent_head is None else self.latent_head(z)  # [B, G, K]
+        state = torch.full((B,), g.start, dtype=torch.long, device=dev)
+        out = torch.full((B, g.max_tokens), g.pad, dtype=torch.long, device=dev)  # sub-vocabulary ids
+        length = torch.zeros(B, dtype=torch.long, device=dev)
+        if temperature > 0:  # every uniform drawn at once, on the generator's device, moved over once
+            u = torch.rand(g.max_tokens, B, 1, generator=generator,
+                           device=generator.device if generator is not None else dev).to(dev)
+        for t in range(g.max_tokens):
+            live = state != g.done
+            logits = self.logits(h, torch.where(live, state, g.start), table)  # [B, K]
+            if temperature <= 0:
+                pick = logits.argmax(-1)
+            else:  # inverse CDF: the first token whose cumulative probability reaches u
+                cdf = torch.softmax(logits / temperature, -1).cumsum(-1)  # [B, K]
+                pick = (cdf < (1 - u[t]) * cdf[:, -1:]).sum(-1)  # 1 - u is in (0, 1]: never a masked token
+            forced = g.forced[state]
+            tok = torch.where(forced >= 0, forced, pick)
+            tok = torch.where(live, tok, g.pad)
+            out[:, t] = tok
+            length += live
+            state = g.step(state, tok)
+            if not bool((state != g.done).any()):  # the one host sync per token
+                break
+            x = emb(g.vocab[tok])[:, None].float()  # [B, 1, H]
+            if offset is not None:
+                x = x + offset
+            h, cache = run_base(dec.base_model, x.to(dtype), cache, True)
+            h = h[:, -1]
+        toks = g.vocab[out].tolist()
+        return [row[:n] for row, n in zip(toks, length.tolist())]
