@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -158,8 +159,11 @@ print(json.dumps({{"version": tabdifflm.__version__, "path": tabdifflm.__file__,
 
 def time_vae(path: str, dataset: str, rows: int, epochs: int) -> dict:
     """VAE training rows/s of the tabdifflm checkout at ``path`` (its own process: a clean import)."""
+    from tabdifflm.datasets import default_root
+
     code = VAE_SNIPPET.format(path=str(path), dataset=dataset, rows=rows, epochs=epochs)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = {**os.environ, "TABDIFFLM_DATA": str(default_root())}  # an older checkout looks beside itself
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"VAE timing in {path} failed:\n{out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -167,11 +171,14 @@ def time_vae(path: str, dataset: str, rows: int, epochs: int) -> dict:
     return r
 
 
-def run(datasets, batches, fit_rows, fit_seconds, vae_from, out_dir: Path, reference_batches):
+def run(datasets, batches, fit_rows, fit_seconds, vae_from, out_dir: Path, reference_batches, plain_batches,
+        merge=False):
     from tabdifflm import DiffLMSynthesizer
     from tabdifflm.datasets import load_benchmark
 
     res = {"cpu": cpu_name(), "torch": torch.__version__, "datasets": {}}
+    if merge and (out_dir / "speed.json").exists():  # keep the other datasets' rows (same machine assumed)
+        res["datasets"] = json.loads((out_dir / "speed.json").read_text())["datasets"]
     here = str(Path(__file__).resolve().parent.parent)
     for name in datasets:
         df = load_benchmark(name).train.sample(fit_rows, random_state=0).reset_index(drop=True)
@@ -197,7 +204,8 @@ def run(datasets, batches, fit_rows, fit_seconds, vae_from, out_dir: Path, refer
             if b in reference_batches:
                 row["reference"] = time_sampling(model, z, lambda x: generate_reference(model, x, 1.0, gen))
                 row["speedup"] = round(row["compiled"]["rows_per_s"] / row["reference"]["rows_per_s"], 2)
-            row["plain_generate"] = time_plain_generate(dec, b, P, int(round(tpr)))
+            if b in plain_batches:
+                row["plain_generate"] = time_plain_generate(dec, b, P, int(round(tpr)))
             row["share_of_flop_bound"] = round(row["compiled"]["rows_per_s"] / bound, 3)
             r["sampling"][str(b)] = row
             print(f"[{name}] batch {b}: {row}", flush=True)
@@ -223,7 +231,7 @@ def write(res, out_dir: Path):
         for b, row in r["sampling"].items():
             ref = row.get("reference", {})
             lines.append(f"| {name} | {b} | {row['compiled']['rows_per_s']} | {row['compiled']['tokens_per_s']} | "
-                         f"{ref.get('rows_per_s', '')} | {row.get('speedup', '')} | {row['plain_generate']['rows_per_s']} "
+                         f"{ref.get('rows_per_s', '')} | {row.get('speedup', '')} | {row.get('plain_generate', {}).get('rows_per_s', '')} "
                          f"| {r['flop_bound_rows_per_s']} | {100 * row['share_of_flop_bound']:.0f} % |")
     lines.append("\n| dataset | tokens/row | prefix | grammar states | sub-vocabulary | matmul TFLOP/s | VAE rows/s now "
                  "| VAE rows/s before | VAE speedup |")
@@ -242,6 +250,9 @@ def main():
     ap.add_argument("--batches", nargs="+", type=int, default=[64, 256, 1024])
     ap.add_argument("--reference-batches", nargs="+", type=int, default=[64, 256],
                     help="batches also timed on the reference (pre-compilation) path")
+    ap.add_argument("--plain-batches", nargs="+", type=int, default=[64, 256],
+                    help="batches also timed with the decoder's plain generate (slow: full vocabulary)")
+    ap.add_argument("--merge", action="store_true", help="add to an existing speed.json")
     ap.add_argument("--fit-rows", type=int, default=1000)
     ap.add_argument("--fit-seconds", type=float, default=90)
     ap.add_argument("--vae-from", default=None, help="an older tabdifflm checkout to time VAE training against")
@@ -249,8 +260,10 @@ def main():
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     if a.quick:
-        a.datasets, a.batches, a.reference_batches, a.fit_rows, a.fit_seconds = ["adult"], [16], [16], 200, 20
-    run(a.datasets, a.batches, a.fit_rows, a.fit_seconds, a.vae_from, a.out, set(a.reference_batches))
+        a.datasets, a.batches, a.reference_batches, a.plain_batches = ["adult"], [16], [16], [16]
+        a.fit_rows, a.fit_seconds = 200, 20
+    run(a.datasets, a.batches, a.fit_rows, a.fit_seconds, a.vae_from, a.out, set(a.reference_batches),
+        set(a.plain_batches), a.merge)
 
 
 if __name__ == "__main__":

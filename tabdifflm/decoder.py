@@ -132,6 +132,49 @@ def fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+# Decoder families whose attention is plain scaled dot-product (no logit soft-capping), where our decode
+# kernel below is exact.
+_GQA_DECODE_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3"}
+
+
+def gqa_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for one new token per row (the sampler's steps) as two batched matmuls, grouping query
+    heads by their key/value head instead of copying keys and values per query head.
+
+    query [B, H, 1, D], key/value [B, KV, L, D] -> ([B, 1, H, D], None). On CPUs this is about twice as
+    fast as PyTorch's fused kernel for this shape (measured in ``benchmarks.speed``), with the same error
+    against float32; prompts and training (several tokens a row) go to the SDPA kernel unchanged.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    B, H, q, D = query.shape
+    if q > 1 or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    KV = key.shape[1]
+    scale = scaling if scaling is not None else D ** -0.5
+    scores = torch.matmul(query.reshape(B, KV, H // KV, D), key.transpose(-1, -2)).float() * scale  # [B, KV, G, L]
+    if attention_mask is not None:
+        m = attention_mask[..., :key.shape[2]]
+        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+    out = torch.matmul(torch.softmax(scores, -1).to(value.dtype), value)  # [B, KV, G, D]
+    return out.reshape(B, H, 1, D).transpose(1, 2), None
+
+
+def _use_gqa_decode(model, device: torch.device) -> None:
+    """Switch a plain-attention decoder on the CPU to :func:`gqa_decode_attention`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if device.type != "cpu" or model.config.model_type not in _GQA_DECODE_TYPES:
+        return
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    AttentionInterface.register("tabdifflm_gqa", gqa_decode_attention)
+    AttentionMaskInterface.register("tabdifflm_gqa", sdpa_mask)
+    model.set_attn_implementation("tabdifflm_gqa")
+
+
 def load_decoder(decoder, dtype: torch.dtype, device: torch.device):
     """Load the frozen causal LM and its tokenizer.
 
@@ -151,6 +194,7 @@ def load_decoder(decoder, dtype: torch.dtype, device: torch.device):
         raise ValueError(f"cannot load decoder {decoder!r} (resolved to {src!r}): {e}") from e
     model.to(device).eval()
     model.requires_grad_(False)
+    _use_gqa_decode(model, device)
     return model, tok, src
 
 

@@ -70,3 +70,22 @@ def _states(g, toks):
         out.append(sid)
         sid = g.next_state(sid, t)
     return out
+
+
+def test_grouped_decode_attention_matches_sdpa(tiny_decoder_dir):
+    """The sampler's one-token attention kernel gives what transformers' SDPA gives, step after step."""
+    from tabdifflm.decoder import load_decoder, run_base
+
+    m, _, _ = load_decoder(tiny_decoder_dir, torch.float32, torch.device("cpu"))
+    assert m.config._attn_implementation == "tabdifflm_gqa"
+    torch.manual_seed(0)
+    x0, steps = torch.randn(3, 5, m.config.hidden_size), torch.randn(6, 3, 1, m.config.hidden_size)
+    out = {}
+    for impl in ("sdpa", "tabdifflm_gqa"):
+        m.set_attn_implementation(impl)
+        with torch.no_grad():
+            h, cache = run_base(m.base_model, x0, None, True)
+            for x in steps:
+                h, cache = run_base(m.base_model, x, cache, True)
+        out[impl] = h
+    assert torch.allclose(out["sdpa"], out["tabdifflm_gqa"], atol=1e-5)
