@@ -239,10 +239,25 @@ def hf_quiet(quiet: bool = True):
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` torch threads (None: leave torch's setting), then restore it."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n))  # -1: all cores
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def quiet_unless_verbose(method):
-    """Method decorator: run under :func:`hf_quiet` when the estimator's ``verbose`` is False."""
+    """Method decorator: run under :func:`hf_quiet` when the estimator's ``verbose`` is False, and with the
+    estimator's ``n_jobs`` torch threads."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with hf_quiet(not self.verbose):
+        with hf_quiet(not self.verbose), torch_threads(getattr(self, "n_jobs", None)):
             return method(self, *args, **kwargs)
     return wrapper

@@ -124,7 +124,23 @@ class RowModel(nn.Module):
 
     # -- sampling ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None):
+    def _static_cache(self, memory, length: int):
+        """A KV cache allocated once for the whole row (``length`` positions), holding the latent's memory
+        slot if there is one; a growing cache copies itself at every token. None where this transformers
+        has no StaticCache of this form (the growing cache is used then)."""
+        try:
+            from transformers import StaticCache
+
+            cache = StaticCache(config=self.decoder.config, max_cache_len=length)
+        except (ImportError, TypeError):
+            return memory
+        if memory is not None:
+            for i, layer in enumerate(memory.layers):
+                cache.update(layer.keys, layer.values, i)
+        return cache
+
+    def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
+                 static_cache: bool = True):
         """Write one row per latent. z [B, D] -> list of B decoder-token lists (each a complete row).
 
         All rows advance in lockstep, one decoder call per token with the KV cache; grammar states step by
@@ -138,7 +154,11 @@ class RowModel(nn.Module):
         z = z.to(dev)
         B = z.shape[0]
         emb = dec.get_input_embeddings()
-        h, cache = run_base(dec.base_model, inj.prefix_embeds(z).to(dtype), inj.memory(z, dtype), True)
+        prefix = inj.prefix_embeds(z).to(dtype)
+        cache = inj.memory(z, dtype)
+        if static_cache:
+            cache = self._static_cache(cache, prefix.shape[1] + g.max_tokens + 1)
+        h, cache = run_base(dec.base_model, prefix, cache, True)
         h = h[:, -1]  # [B, H]
         offset = inj.token_offset(z)
         table = None if self.latent_head is None else self.latent_head(z)  # [B, G, K]

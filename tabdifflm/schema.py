@@ -12,6 +12,8 @@ import pandas as pd
 
 # Floats are written with at most this many decimals; finer detail is rounded away.
 MAX_DECIMALS = 6
+SIGNIFICANT_DIGITS = 7  # for columns of small numbers (all below 1), digits kept of the largest value
+MAX_SCALED_DECIMALS = 24
 
 
 @dataclass
@@ -89,11 +91,17 @@ def check_frame(df) -> pd.DataFrame:
 
 
 def _decimals(x: np.ndarray) -> int:
-    """Smallest number of decimals (<= MAX_DECIMALS) that holds every value of x."""
-    for p in range(MAX_DECIMALS + 1):
+    """Smallest number of decimals that holds every value of x, at most MAX_DECIMALS or, for a column
+    whose values are all below 1, as many as keep SIGNIFICANT_DIGITS of its largest value (values of
+    1e-12 keep their digits instead of rounding to zero)."""
+    top = float(np.max(np.abs(x))) if len(x) else 0.0
+    limit = MAX_DECIMALS
+    if 0 < top < 1:
+        limit = min(max(MAX_DECIMALS, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(top))), MAX_SCALED_DECIMALS)
+    for p in range(limit + 1):
         if np.all(np.abs(np.round(x, p) - x) <= 1e-12 * np.abs(x)):  # float noise only, never real digits
             return p
-    return MAX_DECIMALS
+    return limit
 
 
 _CATEGORY_TYPES = (str, bool, np.bool_, int, np.integer, float, np.floating)
@@ -152,8 +160,10 @@ def _infer_column(name, s: pd.Series) -> ColumnSpec:
             fmt = "%Y-%m-%d"
         elif (naive.dt.second == 0).all() and (naive.dt.microsecond == 0).all():
             fmt = "%Y-%m-%d %H:%M"
-        else:
+        elif (naive.dt.microsecond == 0).all():
             fmt = "%Y-%m-%d %H:%M:%S"
+        else:  # sub-second values keep their microseconds
+            fmt = "%Y-%m-%d %H:%M:%S.%f"
         ns = naive.astype("datetime64[ns]").astype("int64")
         return ColumnSpec(name=_py(name), kind="datetime", dtype=str(dtype), has_missing=has_missing,
                           dt_format=fmt, tz=tz, min=float(ns.min()), max=float(ns.max()))
@@ -163,9 +173,12 @@ def _infer_column(name, s: pd.Series) -> ColumnSpec:
         if not np.isfinite(x).all():
             raise ValueError(f"column {name!r} holds infinite values")
         is_int = pd.api.types.is_integer_dtype(dtype)
+        if is_int:  # exact Python ints: int64 values beyond 2**53 do not survive a float
+            ints = [int(v) for v in present.astype(object)]
+            return ColumnSpec(name=_py(name), kind="numeric", dtype=str(dtype), has_missing=has_missing,
+                              is_int=True, decimals=0, min=min(ints), max=max(ints))
         return ColumnSpec(name=_py(name), kind="numeric", dtype=str(dtype), has_missing=has_missing,
-                          is_int=is_int, decimals=0 if is_int else _decimals(x),
-                          min=float(x.min()), max=float(x.max()))
+                          is_int=False, decimals=_decimals(x), min=float(x.min()), max=float(x.max()))
 
     raise TypeError(f"column {name!r} has unsupported dtype {dtype}")
 
@@ -185,7 +198,12 @@ def build_frame(rows: list, schema: Schema) -> pd.DataFrame:
     for i, c in enumerate(schema.columns):
         vals = [r[i] for r in rows]
         n = len(vals)
-        if c.kind == "numeric":
+        if c.kind == "numeric" and c.is_int and c.dtype in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16",
+                                                            "UInt32", "UInt64"):
+            out[c.name] = pd.array(vals, dtype=c.dtype)  # exact Python ints, None -> <NA>
+        elif c.kind == "numeric" and c.is_int and None not in vals:
+            out[c.name] = np.array(vals, dtype=c.dtype)  # exact, also beyond 2**53
+        elif c.kind == "numeric":
             x = np.array([np.nan if v is None else v for v in vals], dtype="float64")
             if c.dtype in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32",
                            "Float64"):
@@ -225,9 +243,11 @@ def frame_rows(df: pd.DataFrame, schema: Schema) -> list[list]:
     for c in schema.columns:
         s = df[c.name]
         miss = s.isna().to_numpy()
-        if c.kind == "numeric":
+        if c.kind == "numeric" and c.is_int:  # exact, also beyond 2**53
+            v = [None if m else int(x) for x, m in zip(s.astype(object).to_numpy(), miss)]
+        elif c.kind == "numeric":
             vals = s.to_numpy(dtype="float64", na_value=np.nan)
-            v = [None if m else (int(round(x)) if c.is_int else float(x)) for x, m in zip(vals, miss)]
+            v = [None if m else float(x) for x, m in zip(vals, miss)]
         elif c.kind == "datetime":
             naive = s.dt.tz_convert("UTC").dt.tz_localize(None) if c.tz else s
             ns = naive.astype("datetime64[ns]").to_numpy().astype("int64")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,9 @@ def format_number(x: float, col: ColumnSpec, fixed: bool = False) -> str:
     :func:`int_widths`), so the first digit the decoder writes is always the most significant one
     (``77516`` in a column up to 1,490,400 becomes ``0077516``).
     """
-    if col.is_int or col.decimals == 0:
+    if col.is_int:
+        s = str(int(x))  # exact: int64 values beyond 2**53 do not survive a float
+    elif col.decimals == 0:
         s = str(int(round(float(x))))
     else:
         s = f"{float(x):.{col.decimals}f}"
@@ -51,20 +53,27 @@ def format_number(x: float, col: ColumnSpec, fixed: bool = False) -> str:
 
 def int_widths(col: ColumnSpec) -> dict[bool, int]:
     """Digits of the widest integer part of the column's non-negative (False) and negative (True) values."""
-    p = 0 if col.is_int else col.decimals
+    if col.is_int:
+        lo, hi = int(col.min), int(col.max)
+        return {False: len(str(max(hi, 0))), True: len(str(max(-lo, 0)))}
+    p = col.decimals
     lo, hi = round(col.min * 10 ** p), round(col.max * 10 ** p)
     return {False: len(str(max(hi, 0) // 10 ** p)), True: len(str(max(-lo, 0) // 10 ** p))}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def datetime_text(ns: int, col: ColumnSpec) -> str:
-    """Epoch nanoseconds (UTC, naive) -> text in the column's format."""
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).strftime(col.dt_format)
+    """Epoch nanoseconds (UTC, naive) -> text in the column's format (integer arithmetic: microseconds
+    exact; nanoseconds below them are dropped)."""
+    return (_EPOCH + timedelta(microseconds=int(ns) // 1000)).strftime(col.dt_format)
 
 
 def parse_datetime(text: str, col: ColumnSpec) -> int:
     """Text in the column's format -> epoch nanoseconds; ValueError if it is no real date."""
-    d = datetime.strptime(text, col.dt_format).replace(tzinfo=timezone.utc)
-    return int(round(d.timestamp())) * 10**9
+    d = datetime.strptime(text, col.dt_format).replace(tzinfo=timezone.utc) - _EPOCH
+    return ((d.days * 86400 + d.seconds) * 10**6 + d.microseconds) * 1000
 
 
 def _escape(s: str) -> str:
@@ -175,10 +184,12 @@ class RowFormat:
             return None
         try:
             if col.kind == "numeric":
+                if col.is_int:
+                    return int(text)
                 x = float(text)
                 if not math.isfinite(x):
                     raise ValueError(text)
-                return int(x) if col.is_int else x
+                return x
             if col.kind == "datetime":
                 a, b = self.datetime_wrap()
                 if not (text.startswith(a) and text.endswith(b)) or len(text) < len(a) + len(b):

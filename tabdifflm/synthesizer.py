@@ -103,6 +103,9 @@ class DiffLMSynthesizer(BaseEstimator):
     validation_size : float
         Share of the training rows held out for the beta schedule and checkpoint choice.
     sample_batch_size : int, max_sample_attempts : int
+    n_jobs : int or None
+        Torch threads while fitting and sampling (None: torch's default, one per core; -1 all cores, -2
+        all but one). Lower it on a shared machine or when several fits run side by side.
     random_state : int, RandomState or None
     verbose : bool
         Progress bars with losses.
@@ -135,6 +138,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "device": [str, torch.device],
         "validation_size": [Interval(numbers.Real, 0, 0.5, closed="neither")],
         "eval_every": _pos_int, "sample_batch_size": _pos_int, "max_sample_attempts": _pos_int,
+        "n_jobs": [Interval(numbers.Integral, None, None, closed="neither"), None],
         "random_state": ["random_state"], "verbose": ["verbose"],
     }
 
@@ -145,7 +149,7 @@ class DiffLMSynthesizer(BaseEstimator):
                  batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
-                 random_state=None, verbose=True):
+                 n_jobs=None, random_state=None, verbose=True):
         self.encoder = encoder
         self.decoder = decoder
         self.injection = injection
@@ -176,6 +180,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.eval_every = eval_every
         self.sample_batch_size = sample_batch_size
         self.max_sample_attempts = max_sample_attempts
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
 
@@ -184,6 +189,8 @@ class DiffLMSynthesizer(BaseEstimator):
         """Every parameter against the declared table (scikit-learn's InvalidParameterError names the
         parameter, the allowed values and what was given), then the rules that tie parameters together."""
         self._validate_params()
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs=0 runs nothing; use a positive count, -1 for all cores, or None")
         if self.number_format == "fixed" and self.serialization != "values":
             raise ValueError("number_format='fixed' needs serialization='values' (JSON has no zero-padded "
                              "numbers); use number_format='plain' with serialization='json'")

@@ -139,3 +139,82 @@ def test_obscure_loading_errors_name_the_problem(tiny_kwargs, tiny_encoder_dir, 
         DiffLMSynthesizer(**{**tiny_kwargs, "decoder": str(tmp_path / "missing")}).fit(mixed_df)
     with pytest.raises(FileNotFoundError, match="encoder folder .*missing does not exist"):
         DiffLMSynthesizer(**{**tiny_kwargs, "encoder": str(tmp_path / "missing")}).fit(mixed_df)
+
+
+def test_n_jobs_sets_torch_threads_for_the_call_only(tiny_kwargs, mixed_df):
+    import torch
+
+    import tabdifflm.training as training
+    seen = []
+    orig = training.train_diffusion
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return orig(*a, **k)
+
+    before = torch.get_num_threads()
+    training.train_diffusion, saved_fn = spy, training.train_diffusion
+    import tabdifflm.synthesizer as synth_mod
+    synth_mod.train_diffusion, saved_synth = spy, synth_mod.train_diffusion
+    try:
+        DiffLMSynthesizer(**{**tiny_kwargs, "n_jobs": 1}).fit(mixed_df)
+    finally:
+        training.train_diffusion, synth_mod.train_diffusion = saved_fn, saved_synth
+    assert seen == [1] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="n_jobs"):
+        DiffLMSynthesizer(n_jobs=0).fit(mixed_df)
+
+
+def test_integers_beyond_2_53_stay_exact_and_in_range(tiny_kwargs):
+    """Before, training values around 2**60 came back as exactly 2**60, below the training minimum."""
+    import numpy as np
+    import pandas as pd
+
+    from tabdifflm.grammar import RowGrammar
+    from tabdifflm.schema import build_frame, frame_rows, infer_schema
+    from tabdifflm.serialization import RowFormat
+    base = 2 ** 60 + 12345
+    df = pd.DataFrame({"id": np.array([base + 7 * i for i in range(30)], dtype="int64"),
+                       "n": pd.array([None if i % 5 == 0 else base + i for i in range(30)], dtype="Int64"),
+                       "c": ["a", "b"] * 15})
+    schema = infer_schema(df)
+    assert schema.columns[0].min == base and schema.columns[0].max == base + 7 * 29
+    rows = frame_rows(df, schema)
+    pd.testing.assert_frame_equal(build_frame(rows, schema), df)  # the round trip is exact
+    s = DiffLMSynthesizer(**tiny_kwargs).fit(df)
+    out = s.sample(20, random_state=0)
+    assert out["id"].dtype == np.int64 and out["id"].between(base, base + 7 * 29).all()
+    assert out["n"].dropna().between(base + 1, base + 29).all()
+    # the grammar writes exactly the value it was given
+    g = s._grammar
+    toks, _ = g.encode(rows[3])
+    assert g.decode(toks) == rows[3]
+
+
+def test_tiny_floats_keep_their_digits(tiny_kwargs):
+    """Before, a column of 1e-12 .. 9e-12 came back as 1e-12 only (6 decimals, then clipped)."""
+    import numpy as np
+    import pandas as pd
+
+    from tabdifflm.schema import infer_schema
+    rng = np.random.default_rng(0)
+    x = np.round(rng.uniform(1, 9, 40), 3) * 1e-12
+    df = pd.DataFrame({"x": x, "c": ["a", "b"] * 20})
+    col = infer_schema(df).columns[0]
+    assert col.decimals >= 15
+    out = DiffLMSynthesizer(**tiny_kwargs).fit(df).sample(30, random_state=0)
+    assert out["x"].nunique() > 5 and out["x"].between(x.min(), x.max()).all()
+
+
+def test_dates_spread_over_the_span_and_keep_sub_seconds(tiny_kwargs):
+    """Before, 57 % and 43 % of sampled dates sat on the span's two bounds, and 00:00:01.5 became 00:00:01."""
+    import numpy as np
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    t = pd.Timestamp("2021-03-01") + pd.to_timedelta(rng.uniform(0, 9 * 86400, 40).round(3), unit="s")
+    df = pd.DataFrame({"t": t, "c": ["a", "b"] * 20})
+    out = DiffLMSynthesizer(**tiny_kwargs).fit(df).sample(40, random_state=0)["t"]
+    assert out.between(t.min(), t.max()).all()
+    at_bounds = ((out == t.min()) | (out == t.max())).mean()
+    assert at_bounds < 0.2 and out.nunique() > 20
+    assert (out.dt.microsecond != 0).mean() > 0.5

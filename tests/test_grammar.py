@@ -7,7 +7,7 @@ import torch
 
 from tabdifflm.grammar import END, DatetimeGrammar, NumericGrammar, RowGrammar
 from tabdifflm.schema import ColumnSpec, frame_rows, infer_schema
-from tabdifflm.serialization import RowFormat
+from tabdifflm.serialization import RowFormat, parse_datetime
 
 
 class CharTokenizer:
@@ -217,3 +217,32 @@ def test_compiled_tables_are_small_and_move_between_devices(adult_small, smol_to
     tb = g.tables
     assert tb.nbytes() < 1 << 20  # bit masks and an edge list, no dense states x vocabulary table
     assert tb.to("cpu") is tb and tb.to("meta").mask(torch.tensor([tb.start], device="meta")).device.type == "meta"
+
+
+@pytest.mark.parametrize("times", [
+    ["2021-03-01", "2021-03-10", "2021-03-05"],                       # a span inside one year
+    ["2019-11-03 08:15", "2021-02-10 17:45"],
+    ["2020-06-01 00:00:01.5", "2020-06-01 00:00:03.25"],              # sub-second values
+])
+def test_datetime_grammar_writes_only_dates_inside_the_training_span(times):
+    """Before, only the year was bounded: dates outside the span were clipped and piled up at its bounds,
+    and sub-second values lost their fraction."""
+    df = pd.DataFrame({"t": pd.to_datetime(times)})
+    s = infer_schema(df)
+    col = s.columns[0]
+    fmt = RowFormat("values", s)
+    g = DatetimeGrammar(col, fmt, CharTokenizer())
+    for v in frame_rows(df, s):  # the training values themselves are written exactly
+        assert parse_datetime(fmt.value_text(col, v[0]), col) == v[0]
+    rnd = random.Random(0)
+    for _ in range(300):
+        st, toks = g.start(), []
+        while True:
+            t = rnd.choice(g.allowed(st))
+            if t == END:
+                break
+            toks.append(t)
+            st = g.step(st, t)
+        text = "".join(map(chr, toks))
+        assert g.lo_text <= text <= g.hi_text  # inside the span as written, before any clipping
+        assert col.min <= g.finish(st, toks) <= col.max

@@ -201,3 +201,20 @@ def test_a_time_budget_leaves_the_diffusion_prior_its_steps(tiny_kwargs, mixed_d
     with pytest.warns(UserWarning, match="diffusion prior"):  # a budget too small for the prior says so
         DiffLMSynthesizer(**{**tiny_kwargs, "max_epochs": 10_000, "max_time": 4,
                              "diffusion_train_steps": 100_000}).fit(mixed_df)
+
+
+@pytest.mark.parametrize("method", ["soft_prompt", "kv_memory"])
+def test_compiled_sampler_writes_the_rows_of_the_reference_loop(tiny_decoder, batch, method):
+    """Greedy rows from the tensor-table sampler equal those of the per-row Python loop it replaced
+    (kept in benchmarks.speed as the reference), on the same latents, with and without the latent head."""
+    from benchmarks.speed import generate_reference
+
+    g, _ = batch
+    inj = Injector(method, 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
+    head = LatentLogitHead(6, g.n_groups, g.K)
+    with torch.no_grad():
+        head.weight.normal_(0, 2)
+    z = torch.randn(5, 6)
+    for h in (None, head):
+        model = RowModel(tiny_decoder, inj, g, h)
+        assert model.generate(z, temperature=0) == generate_reference(model, z, temperature=0)

@@ -25,7 +25,7 @@ import torch
 
 from .compiled import CompiledGrammar
 from ..schema import ColumnSpec
-from ..serialization import RowFormat, int_widths, parse_datetime
+from ..serialization import RowFormat, datetime_text, int_widths, parse_datetime
 
 END = -1
 DONE = ("D",)
@@ -157,7 +157,8 @@ class NumericGrammar(_CharGrammar):
     def __init__(self, col, fmt, tokenizer):
         super().__init__(col, fmt, tokenizer, "0123456789-.")
         p = self.decimals = 0 if col.is_int else col.decimals
-        lo, hi = round(col.min * 10 ** p), round(col.max * 10 ** p)
+        # integer columns keep exact Python ints (beyond 2**53 a float would move the bounds)
+        lo, hi = (int(col.min), int(col.max)) if col.is_int else (round(col.min * 10 ** p), round(col.max * 10 ** p))
         pos = (max(lo, 0), hi) if hi >= 0 else None
         neg = (max(-hi, 1), -lo) if lo < 0 else None  # zero is written without a sign
         self.units = {False: pos, True: neg}
@@ -261,20 +262,24 @@ class NumericGrammar(_CharGrammar):
     def finish(self, s, toks):
         if s[0] == "m" or (s[0] == "s" and not toks):
             return None
+        if self.col.is_int:  # exact; the automaton keeps it in range
+            return int(self.text(toks))
         x = float(self.text(toks))
         # the automaton keeps values in range; clip only the last-ulp float error of the decimal text
-        x = min(max(x, self.col.min), self.col.max)
-        return int(x) if self.col.is_int else x
+        return min(max(x, self.col.min), self.col.max)
 
 
 _FIELDS = {"%Y": (4, None), "%m": (2, (1, 12)), "%d": (2, (1, 31)), "%H": (2, (0, 23)), "%M": (2, (0, 59)),
-           "%S": (2, (0, 59))}
+           "%S": (2, (0, 59)), "%f": (6, (0, 999999))}
 
 
 class DatetimeGrammar(_CharGrammar):
-    """The column's strftime pattern: each field a fixed-width range automaton (years within the training
-    years, months 01-12, ...), every other character forced. A day past the month's end is moved to its
-    last day, and a date outside the training span to the nearest bound, so every finished date is valid."""
+    """The column's strftime pattern: each field a fixed-width range automaton (months 01-12, ...), every
+    other character forced, and the whole text between the texts of the training minimum and maximum.
+    The formats write the most significant field first at fixed width, so text order is time order and a
+    digit-by-digit comparison with both bounds (as for fixed-width numbers) keeps every date inside the
+    training span, where bounding the year alone let most dates fall outside and pile up at the bounds
+    once clipped. A day past the month's end is moved to the month's last day."""
 
     def __init__(self, col, fmt, tokenizer):
         a, b = fmt.datetime_wrap()
@@ -292,24 +297,39 @@ class DatetimeGrammar(_CharGrammar):
                 self.segments.append(("lit", f[i]))
                 i += 1
         self.segments += [("lit", ch) for ch in b]
+        self.offsets = [0]
+        for seg in self.segments:
+            self.offsets.append(self.offsets[-1] + (len(seg[1]) if seg[0] == "num" else 1))
+        self.lo_text = a + datetime_text(int(col.min), col) + b
+        self.hi_text = a + datetime_text(int(col.max), col) + b
         lits = "".join(seg[1] for seg in self.segments if seg[0] == "lit")
         super().__init__(col, fmt, tokenizer, "0123456789" + "".join(sorted(set(lits))))
         self.digits = tuple(self.tok[c] for c in "0123456789")
 
     def start(self):
-        return ("p", 0, 0, 0, 0)  # segment, position in it, comparisons with its bounds
+        # segment, position in it, comparisons with the field's bounds, comparisons with the span's bounds
+        return ("p", 0, 0, 0, 0, 0, 0)
+
+    def _digit(self, s, d):
+        """(field comparisons, span comparisons) after digit d in state s, or None if no date in range
+        starts so."""
+        _, i, j, c_lo, c_hi, g_lo, g_hi = s
+        seg = self.segments[i]
+        field = _fixed_step(c_lo, c_hi, d, seg[1], seg[2], j)
+        span = _fixed_step(g_lo, g_hi, d, self.lo_text, self.hi_text, self.offsets[i] + j)
+        return None if field is None or span is None else (field, span)
 
     def allowed(self, s) -> tuple:
         if s[0] == "m":
             return self._missing_allowed(s)
-        _, i, j, c_lo, c_hi = s
+        i, j = s[1], s[2]
         if i == len(self.segments):
             return (END,)
         seg = self.segments[i]
         if seg[0] == "lit":
             a = (self.tok[seg[1]],)
         else:
-            a = tuple(self.digits[d] for d in range(10) if _fixed_step(c_lo, c_hi, d, seg[1], seg[2], j) is not None)
+            a = tuple(self.digits[d] for d in range(10) if self._digit(s, d) is not None)
         if i == 0 and j == 0 and self.col.has_missing:
             a += (self.missing[0],) if self.missing else (END,)
         return a
@@ -317,15 +337,15 @@ class DatetimeGrammar(_CharGrammar):
     def step(self, s, tok):
         if s[0] == "m":
             return ("m", s[1] + 1)
-        _, i, j, c_lo, c_hi = s
+        _, i, j, c_lo, c_hi, g_lo, g_hi = s
         seg = self.segments[i]
         if i == 0 and j == 0 and self.col.has_missing and self.missing and tok == self.missing[0] \
                 and tok not in self.allowed(s)[:-1]:
             return ("m", 1)
         if seg[0] == "lit":
-            return ("p", i + 1, 0, 0, 0)
-        c_lo, c_hi = _fixed_step(c_lo, c_hi, int(self.char[tok]), seg[1], seg[2], j)
-        return ("p", i + 1, 0, 0, 0) if j + 1 == len(seg[1]) else ("p", i, j + 1, c_lo, c_hi)
+            return ("p", i + 1, 0, 0, 0, g_lo, g_hi)
+        (c_lo, c_hi), (g_lo, g_hi) = self._digit(s, int(self.char[tok]))
+        return ("p", i + 1, 0, 0, 0, g_lo, g_hi) if j + 1 == len(seg[1]) else ("p", i, j + 1, c_lo, c_hi, g_lo, g_hi)
 
     def position(self, s) -> int:
         if s[0] == "m":
