@@ -140,7 +140,7 @@ class RowModel(nn.Module):
         return cache
 
     def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
-                 static_cache: bool = True):
+                 static_cache: bool = False):
         """Write one row per latent. z [B, D] -> list of B decoder-token lists (each a complete row).
 
         All rows advance in lockstep, one decoder call per token with the KV cache; grammar states step by
@@ -148,6 +148,9 @@ class RowModel(nn.Module):
         Forced tokens (literal text) are written without sampling; a finished row is fed padding. The
         grammar bounds every row's length, so this ends after at most ``grammar.max_tokens`` steps.
         ``generator`` (on any device) makes the draws reproducible; temperature 0 is greedy.
+        ``static_cache=True`` allocates the KV cache once for the whole row instead of growing it at every
+        token: lower peak memory in our measurements (4.9 vs 8.5 GB for 64 Adult rows after a one-epoch
+        fit), about 10 % slower on the CPU.
         """
         g, dec, inj = self.grammar, self.decoder, self.injector
         dev, dtype = self.device, dec.dtype
