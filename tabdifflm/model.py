@@ -75,6 +75,10 @@ class RowModel(nn.Module):
         if table is not None:
             rows = torch.arange(len(h), device=h.device) if rows is None else rows
             logits = logits + table[rows, self.grammar.group[states].clamp(min=0)]
+        return self._masked(logits, states)
+
+    def _masked(self, logits, states):
+        """Logits [N, K] -> -inf where the state [N] forbids the token."""
         return logits.masked_fill(~self.grammar.mask(states), float("-inf"))
 
     def _choices(self, states, valid):
@@ -118,8 +122,7 @@ class RowModel(nn.Module):
         dev = self.device
         toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
         bi, ji, st = self._choices(states, valid)
-        logits = self.latent_head(z)[bi, self.grammar.group[st]]
-        logits = logits.masked_fill(~self.grammar.mask(st), float("-inf"))
+        logits = self._masked(self.latent_head(z)[bi, self.grammar.group[st]], st)
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
     # -- sampling ----------------------------------------------------------------------------------------

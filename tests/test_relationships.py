@@ -218,3 +218,13 @@ def test_compiled_sampler_writes_the_rows_of_the_reference_loop(tiny_decoder, ba
     for h in (None, head):
         model = RowModel(tiny_decoder, inj, g, h)
         assert model.generate(z, temperature=0) == generate_reference(model, z, temperature=0)
+
+
+@pytest.mark.parametrize("method", ["soft_prompt", "kv_memory"])
+def test_static_cache_writes_the_same_greedy_rows(tiny_decoder, batch, method):
+    """generate(static_cache=True) only changes where keys and values are kept, not the rows."""
+    g, _ = batch
+    inj = Injector(method, 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
+    model = RowModel(tiny_decoder, inj, g)
+    z = torch.randn(4, 6)
+    assert model.generate(z, temperature=0, static_cache=True) == model.generate(z, temperature=0)

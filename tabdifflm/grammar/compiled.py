@@ -68,7 +68,7 @@ class CompiledGrammar:
             forced=forced,
             choice=torch.from_numpy(n_allowed > 1),
             group=torch.tensor([g.group_of(s) for s in range(S)], dtype=torch.long),
-            column=torch.tensor([-1 if g.column_of(s) is None else g.column_of(s) for s in range(S)], dtype=torch.long),
+            column=torch.tensor([-1 if c is None else c for c in map(g.column_of, range(S))], dtype=torch.long),
             start=g.start, done=g.done, max_tokens=g.max_tokens(), pad=local[g.lits[-1][-1]], n_columns=len(g.cols),
         )
 
