@@ -1,5 +1,5 @@
 """tabdifflm: realistic synthetic tables with DiffLM (VAE + latent diffusion + a frozen LLM decoder)."""
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 from .synthesizer import DiffLMSynthesizer  # noqa: E402
 

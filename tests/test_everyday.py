@@ -17,6 +17,20 @@ def test_sample_streams_latents_a_batch_at_a_time(tiny_kwargs, mixed_df):
     assert max(asked) <= 8 and sum(asked) >= 20
 
 
+def test_sampling_builds_no_autograd_graph(tiny_kwargs, mixed_df):
+    """Before, sample() ran the decoder with gradients on: every token's activations were kept through the
+    trainable injector (12.3 GB against 1.4 GB for 64 MAGIC rows after a one-minute fit, 3x slower)."""
+    s = DiffLMSynthesizer(**tiny_kwargs).fit(mixed_df)
+    seen = []
+    hook = s.row_model().decoder.base_model.register_forward_hook(
+        lambda mod, args, out: seen.append(out[0].requires_grad or out[0].grad_fn is not None))
+    try:
+        s.sample(5, random_state=0)
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
+
+
 import math
 
 import pytest
