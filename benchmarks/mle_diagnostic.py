@@ -104,12 +104,15 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=5)
     ap.add_argument("--rows", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", help="also save the fitted model to this file (to study it further)")
     args = ap.parse_args(argv)
     ds, train, _ = quick_split(args.dataset, seed=args.seed)
     t = time.monotonic()
     s = fit(args.config, train, args.minutes, args.seed)
     res = {"dataset": args.dataset, "config": args.config, "params": s.get_params(),
            "fit_seconds": time.monotonic() - t, "vae_steps": s.history_["vae"][-1]["step"]}
+    if args.save:
+        s.save(args.save)
     res.update(diagnose(s, train, ds.test, ds.target, ds.task, n_rows=args.rows, seed=args.seed))
     stem = RESULTS / f"mle_diagnostic_{args.dataset}_{args.config}"
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))

@@ -1,4 +1,5 @@
-"""The decoding side of DiffLM as one module: latent -> injector -> frozen LLM -> masked logits of each choice.
+"""DiffLM's model: ``RowModel`` is the decoding side (latent -> injector -> frozen LLM -> masked logits of each
+choice), ``RowVAE`` the whole VAE (text encoder + ``RowModel``) that computes its own training loss.
 
 Training (teacher-forced NLL of every grammar choice) and sampling (``generate``) both go through
 :meth:`RowModel.logits`, so the model samples exactly the distribution it was trained on. Logits are
@@ -7,6 +8,8 @@ computed for the grammar's sub-vocabulary only (``head.weight[vocab]``: a few hu
 (a direct path from the latent to every (column, position) choice; see docs/design.md).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -197,3 +200,68 @@ class RowModel(nn.Module):
             h = h[:, -1]
         toks = g.vocab[out].tolist()
         return [row[:n] for row, n in zip(toks, length.tolist())]
+
+
+def column_balanced_mean(nll, rows, cols, n_rows: int, n_cols: int) -> torch.Tensor:
+    """Mean over (row, column) cells of the cell's mean token NLL: a one-token class weighs as much as a
+    seven-digit number, where a token mean would weigh the number seven times more."""
+    cell = rows * n_cols + cols
+    tot = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, nll)
+    cnt = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, torch.ones_like(nll))
+    keep = cnt > 0
+    return (tot[keep] / cnt[keep]).mean()
+
+
+class VAEOutput(NamedTuple):
+    loss: torch.Tensor  # scalar: what the optimiser minimises
+    nll: torch.Tensor  # [B] nats per row (the decoder's; the latent head's in a heads-only step)
+    kl: torch.Tensor  # [B] DiffLM's KL per row (mean over latent dimensions)
+
+
+class RowVAE(nn.Module):
+    """The VAE as one module: q(z | row) (the text encoder) and p(row | z) (a :class:`RowModel`), with its loss.
+
+    One ``forward`` is one training step's computation, so a data-parallel wrapper (DDP) can hold the whole
+    model. Loss = reconstruction CE (``column_loss``: ``"token"`` mean over choices, the paper; ``"column"``
+    mean over (row, column) cells) + ``aux_weight`` x the latent head's own CE (same averaging) + beta x KL.
+    """
+
+    def __init__(self, encoder: nn.Module, rows: RowModel, column_loss: str = "token", aux_weight: float = 0.0):
+        super().__init__()
+        self.encoder = encoder
+        self.rows = rows
+        self.column_loss = column_loss
+        self.aux_weight = float(aux_weight) if rows.latent_head is not None else 0.0
+
+    def _average(self, nll, rows, cols, n_rows):
+        if self.column_loss == "column":
+            return column_balanced_mean(nll, rows, cols, n_rows, self.rows.grammar.n_columns)
+        return nll.mean()
+
+    def forward(self, input_ids, attention_mask, features, toks, states, valid, eps, beta: float = 0.0,
+                heads_only: bool = False) -> VAEOutput:
+        """One batch: encoder inputs (input_ids, attention_mask [B, T], features [B, F] or None), decoder
+        targets (toks, states, valid [B, L]) and the reparameterisation noise eps [B, D] (zeros: the
+        posterior means). ``heads_only`` runs the text encoder's backbone without gradients and skips the
+        decoder: the cheap auxiliary step that trains the encoder head and the latent head on the head's CE.
+        """
+        dev = self.rows.device
+        input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
+        if heads_only:
+            with torch.no_grad():
+                pooled = self.encoder.pooled(input_ids, attention_mask, features)
+            mu, logvar = self.encoder.head_forward(pooled)  # [B, D] each
+        else:
+            mu, logvar = self.encoder(input_ids, attention_mask, features)
+        z = mu + eps.to(mu.device) * (0.5 * logvar).exp()  # [B, D]
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).mean(1)  # [B]
+        B = len(toks)
+        loss = beta * kl.mean()
+        if self.aux_weight or heads_only:
+            head = self.rows.head_nll(z, toks, states, valid)  # (nll [M], row [M], column [M])
+            loss = loss + self.aux_weight * self._average(*head, B)
+        choices = head if heads_only else self.rows(z, toks, states, valid)
+        if not heads_only:
+            loss = loss + self._average(*choices, B)
+        nll = torch.zeros(B, device=choices[0].device).index_add(0, choices[1], choices[0])
+        return VAEOutput(loss, nll, kl)

@@ -1,11 +1,11 @@
 """Training on several processes (``torchrun --nproc_per_node N``): data parallel VAE steps with torch.distributed.
 
 Every process runs the same ``fit`` on the same table with the same seed, so all start from the same
-weights and draw the same batches. Each VAE step splits the batch between the processes, and the
-gradients are averaged with ``all_reduce`` before the optimiser step (what DDP does, without its bucketing:
-the VAE alternates decoder steps and head-only steps that use different parameters, which DDP's hooks
-do not follow), so every process keeps identical weights. Validation passes are split the same way and
-summed; whether the time budget is spent is decided once for all processes. Gloo on CPU, NCCL on GPU.
+weights and draw the same batches. The VAE (:class:`tabdifflm.model.RowVAE`, one module) is wrapped in
+PyTorch's ``DistributedDataParallel``: each step splits the batch between the processes and DDP averages
+the gradients during the backward pass, so every process keeps identical weights. Validation passes are
+split the same way and summed; whether the time budget is spent is decided once for all processes. Gloo on
+CPU, NCCL on GPU.
 Only rank 0 writes files (:meth:`DiffLMSynthesizer.save`).
 """
 from __future__ import annotations
@@ -48,15 +48,19 @@ def shard(idx: torch.Tensor) -> torch.Tensor:
     return idx[rank()::world()]
 
 
-def average_gradients(params) -> None:
-    """Mean of each parameter's gradient over the processes (no-op with one process)."""
-    n = world()
-    if n == 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(n)
+def data_parallel(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel when several processes run, else ``module`` itself.
+
+    ``find_unused_parameters``: the VAE's heads-only steps leave the text encoder's backbone out of the
+    graph. Buffers are not re-broadcast: every process starts identical and stays so.
+    """
+    if world() == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    cuda = next(module.parameters()).device.type == "cuda"
+    return DistributedDataParallel(module, device_ids=[torch.cuda.current_device()] if cuda else None,
+                                   find_unused_parameters=True, broadcast_buffers=False)
 
 
 def all_sum(values: list[float]) -> list[float]:

@@ -25,7 +25,7 @@ from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
 from .features import RowFeaturizer
 from .grammar import InvalidValue, RowGrammar
 from .injection import METHODS, Injector
-from .model import LatentLogitHead, RowModel
+from .model import LatentLogitHead, RowModel, RowVAE
 from .persistence import ModelFileError, read_model_file, write_model_file
 from .schema import Schema, build_frame, check_frame, frame_rows, infer_schema
 from .serialization import FORMATS, NUMBER_FORMATS, RowFormat, encoder_text
@@ -289,14 +289,13 @@ class DiffLMSynthesizer(BaseEstimator):
             reserve = min(1.5 * self.diffusion_train_steps * time_diffusion_step(self.latent_dim, n), 0.4 * budget)
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget
         history = {"vae": [], "diffusion": []}
-        model = RowModel(self._decoder, injector, grammar, head)
+        vae = RowVAE(encoder, RowModel(self._decoder, injector, grammar, head), column_loss=self.column_loss,
+                     aux_weight=float(self.aux_weight))
         history["vae"] = train_vae(
-            encoder, model, data, train_idx, val_idx, max_epochs=self.max_epochs,
+            vae, data, train_idx, val_idx, max_epochs=self.max_epochs,
             deadline=vae_deadline, batch_size=self.batch_size, learning_rate=self.learning_rate,
             encoder_learning_rate=self.encoder_learning_rate, max_beta=self.max_beta, min_beta=self.min_beta,
-            eval_every=self.eval_every, column_loss=self.column_loss,
-            aux_weight=float(self.aux_weight), aux_steps=int(self.aux_steps), generator=gen,
-            verbose=self.verbose)
+            eval_every=self.eval_every, aux_steps=int(self.aux_steps), generator=gen, verbose=self.verbose)
 
         mu = self._encode_means(encoder, data)
         self.latent_mean_ = mu.mean(0)

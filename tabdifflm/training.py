@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from . import parallel
 from .diffusion import MLPDenoiser, edm_loss
+from .model import RowVAE, column_balanced_mean  # noqa: F401  (column_balanced_mean: re-exported)
 
 
 def pad_batch(seqs: list[list[int]], states: list[list[int]], done_state: int):
@@ -32,23 +33,8 @@ def reconstruction_nll(model, z, toks, states, valid):
     return torch.zeros(z.shape[0], device=nll.device).index_add(0, rows, nll), len(nll)
 
 
-def column_balanced_mean(nll, rows, cols, n_rows: int, n_cols: int) -> torch.Tensor:
-    """Mean over (row, column) cells of the cell's mean token NLL: a one-token class weighs as much as a
-    seven-digit number, where a token mean would weigh the number seven times more."""
-    cell = rows * n_cols + cols
-    tot = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, nll)
-    cnt = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, torch.ones_like(nll))
-    keep = cnt > 0
-    return (tot[keep] / cnt[keep]).mean()
-
-
 def mu_dev(module) -> torch.device:
     return next(module.parameters()).device
-
-
-def kl_term(mu, logvar):
-    """DiffLM's KL: 0.5 * mean(mu^2 + exp(logvar) - logvar - 1)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).mean()
 
 
 class VAEData:
@@ -74,35 +60,33 @@ class VAEData:
         return ids[:, :keep], am[:, :keep], feats, toks, sts, valid
 
 
-def evaluate_nll(encoder, model, data: VAEData, idx, batch_size):
+def evaluate_nll(vae: RowVAE, data: VAEData, idx, batch_size):
     """Mean reconstruction NLL per row (nats) over rows ``idx``, using the posterior means. Under torchrun
     each process scores its share of the rows and the mean is over all of them."""
     idx = parallel.shard(torch.as_tensor(idx)).tolist()
-    encoder.eval()
+    vae.eval()
     total = 0.0
     with torch.no_grad():
         for s in range(0, len(idx), batch_size):
-            ids, am, feats, toks, sts, valid = data.batch(idx[s:s + batch_size])
-            mu, _ = encoder(ids.to(mu_dev(encoder)), am.to(mu_dev(encoder)), feats)
-            nll, _ = reconstruction_nll(model, mu, toks, sts, valid)
-            total += float(nll.sum())
-    encoder.train()
+            *batch, valid = data.batch(idx[s:s + batch_size])
+            eps = torch.zeros(len(valid), vae.encoder.head.out_features // 2)  # z = mu
+            total += float(vae(*batch, valid, eps).nll.sum())
+    vae.train()
     total, n = parallel.all_sum([total, len(idx)])
     return total / max(n, 1)
 
 
-def train_vae(encoder, model, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
+def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
-              beta_patience=2, eval_every=25, column_loss="token", aux_weight=0.0,
-              aux_steps=0, generator=None, verbose=True, log=None):
-    """Train the encoder and the model's injector (+ latent logit head) against its frozen decoder: CE + beta * KL.
+              beta_patience=2, eval_every=25, aux_steps=0, generator=None, verbose=True, log=None):
+    """Train the VAE's encoder, injector and latent logit head against its frozen decoder (:class:`RowVAE`
+    computes the loss: CE + aux_weight x head CE + beta x KL).
 
-    ``column_loss="token"`` averages the CE over choice tokens (the paper); ``"column"`` over (row,
-    column) cells (:func:`column_balanced_mean`), so every column counts the same.
-    ``aux_weight`` adds the latent head's own CE (:meth:`RowModel.head_nll`, same averaging), and ``aux_steps``
-    steps on that loss (+ beta * KL) follow every decoder step, training the encoder head and the latent
-    head on the backbone's forward pass only: they cost no decoder pass and no backbone backward, so the
-    latent learns to carry every column many times faster than through the frozen LLM alone.
+    ``aux_steps`` heads-only steps (the latent head's CE + beta x KL) follow every decoder step, training
+    the encoder head and the latent head on the backbone's forward pass only: they cost no decoder pass
+    and no backbone backward, so the latent learns to carry every column many times faster than through
+    the frozen LLM alone. Under torchrun the module is wrapped in PyTorch's DistributedDataParallel: each
+    process takes its share of every batch and the gradients are averaged.
 
     Beta starts at ``max_beta`` and is multiplied by ``beta_decay`` whenever the validation NLL has not
     improved for ``beta_patience`` evaluations, down to ``min_beta``. The best state on validation NLL is
@@ -110,14 +94,14 @@ def train_vae(encoder, model, data: VAEData, train_idx, val_idx, *, max_epochs, 
     ``deadline`` (time.monotonic()): the passes are timed, so the stage ends by its deadline.
     Returns a list of dicts (elapsed s, step, epoch, beta, train and validation NLL per row).
     """
-    latent_head = model.latent_head
-    heads = list(encoder.head.parameters()) + list(model.parameters())
+    encoder = vae.encoder
+    backbone = {id(p) for p in encoder.backbone.parameters()}
     params = [
         {"params": encoder.backbone.parameters(), "lr": encoder_learning_rate},
-        {"params": heads, "lr": learning_rate},
+        {"params": [p for p in vae.parameters() if id(p) not in backbone], "lr": learning_rate},
     ]
-    modules = [encoder, model]
-    trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    net = parallel.data_parallel(vae)  # the module itself with one process
     opt = torch.optim.AdamW(params, weight_decay=0.0)
     beta, best, stall = max_beta, math.inf, 0
     best_state = None
@@ -127,43 +111,28 @@ def train_vae(encoder, model, data: VAEData, train_idx, val_idx, *, max_epochs, 
     total_steps = steps_per_epoch * max_epochs
     train_idx = torch.as_tensor(train_idx)
     step, running = 0, []
-    dev = mu_dev(encoder)
-    encoder.train()
+    latent_dim = encoder.head.out_features // 2
+    vae.train()
     bar = tqdm(total=total_steps, desc="VAE", disable=not verbose or not parallel.is_main(), dynamic_ncols=True)
-    n_cols = model.grammar.n_columns
+    n_aux = aux_steps if vae.aux_weight else 0
 
-    def average(nll, rows, cols, n_rows):
-        return column_balanced_mean(nll, rows, cols, n_rows, n_cols) if column_loss == "column" else nll.mean()
-
-    def aux_term(z, toks, sts, valid):
-        if not aux_weight or latent_head is None:
-            return 0.0
-        return aux_weight * average(*model.head_nll(z, toks, sts, valid), len(toks))
-
-    def encode_sample(n_global, ids, am, feats, backbone_grad=True):
+    def run(part, heads_only=False):
+        """One optimiser step on the rows ``part`` (this process's share of them). Returns the output."""
         # noise drawn for the whole batch, then this process's share: every process's generator stays in step
-        eps = parallel.shard(torch.randn(n_global, encoder.head.out_features // 2, generator=generator)).to(dev)
-        if backbone_grad:
-            mu, logvar = encoder(ids.to(dev), am.to(dev), feats)
-        else:  # auxiliary steps train the heads only: the backbone's forward pass alone is a third of the cost
-            with torch.no_grad():
-                pooled = encoder.pooled(ids.to(dev), am.to(dev), feats)
-            mu, logvar = encoder.head_forward(pooled)
-        return mu, logvar, mu + eps * (0.5 * logvar).exp()
-
-    def update(loss):
+        eps = parallel.shard(torch.randn(len(part), latent_dim, generator=generator))
+        out = net(*data.batch(parallel.shard(part).tolist()), eps, beta, heads_only)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        parallel.average_gradients(trainable)
+        out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
+        return out
 
     eval_s = step_s = 0.0  # longest validation pass, latest training step
 
     def evaluate(epoch):
         nonlocal best, stall, beta, best_state, eval_s
         t_eval = time.monotonic()
-        v = evaluate_nll(encoder, model, data, val_idx.tolist(), batch_size)
+        v = evaluate_nll(vae, data, val_idx.tolist(), batch_size)
         rec = {"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch, "beta": beta,
                "train_nll": round(sum(running) / max(len(running), 1), 3), "val_nll": round(v, 3)}
         running.clear()
@@ -172,7 +141,7 @@ def train_vae(encoder, model, data: VAEData, train_idx, val_idx, *, max_epochs, 
             log(rec)
         if v < best - 1e-3:
             best, stall = v, 0
-            best_state = [copy.deepcopy(m.state_dict()) for m in modules]
+            best_state = copy.deepcopy(vae.state_dict())
         else:
             stall += 1
             if stall >= beta_patience and beta > min_beta:
@@ -192,20 +161,14 @@ def train_vae(encoder, model, data: VAEData, train_idx, val_idx, *, max_epochs, 
             part = order[s:s + batch_size]
             if len(part) < parallel.world():  # a tail too short to give every process a row
                 continue
-            ids, am, feats, toks, sts, valid = data.batch(parallel.shard(part).tolist())
-            mu, logvar, z = encode_sample(len(part), ids, am, feats)
-            nll, rows, cols = model(z, toks, sts, valid)
-            update(average(nll, rows, cols, len(toks)) + aux_term(z, toks, sts, valid) + beta * kl_term(mu, logvar))
-            for _ in range(aux_steps if aux_weight and latent_head is not None else 0):
+            out = run(part)
+            for _ in range(n_aux):
                 if out_of_time():
                     break
-                pick = train_idx[torch.randint(0, len(train_idx), (batch_size,), generator=generator)]
-                ids, am, feats, toks, sts, valid = data.batch(parallel.shard(pick).tolist())
-                mu, logvar, z = encode_sample(len(pick), ids, am, feats, backbone_grad=False)
-                update(aux_term(z, toks, sts, valid) + beta * kl_term(mu, logvar))
+                run(train_idx[torch.randint(0, len(train_idx), (batch_size,), generator=generator)], heads_only=True)
             step += 1
             step_s = time.monotonic() - t_step  # the latest step: follows the machine's current load
-            running.append(float(nll.detach().sum()) / len(toks))
+            running.append(float(out.nll.detach().mean()))
             bar.update(1)
             bar.set_description(f"VAE nll/row {running[-1]:.1f}")
             if step % eval_every == 0:
@@ -219,9 +182,8 @@ def train_vae(encoder, model, data: VAEData, train_idx, val_idx, *, max_epochs, 
         evaluate(epoch if max_epochs else 0)
     bar.close()
     if best_state is not None:
-        for m, st in zip(modules, best_state):
-            m.load_state_dict(st)
-    encoder.eval()
+        vae.load_state_dict(best_state)
+    vae.eval()
     return history
 
 

@@ -13,7 +13,17 @@ WORKER = textwrap.dedent("""
     import hashlib, json, sys
     import pandas as pd
     import torch.distributed as dist
-    from tabdifflm import DiffLMSynthesizer
+    from tabdifflm import DiffLMSynthesizer, parallel
+
+    wrapped = []  # what the training loop's module became: DistributedDataParallel under torchrun
+    _wrap = parallel.data_parallel
+
+    def spy(module):
+        net = _wrap(module)
+        wrapped.append(type(net).__name__)
+        return net
+
+    parallel.data_parallel = spy
 
     kwargs, data, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
     df = pd.read_pickle(data)
@@ -30,7 +40,7 @@ WORKER = textwrap.dedent("""
         sums.append(part)
         s.save(f"{out}/model{run}_rank{dist.get_rank()}.tdl")
     with open(f"{out}/rank{dist.get_rank()}.json", "w") as f:
-        json.dump({"sums": sums, "world": dist.get_world_size(), "steps": s.history_["vae"][-1]["step"]}, f)
+        json.dump({"sums": sums, "wrapped": wrapped, "world": dist.get_world_size(), "steps": s.history_["vae"][-1]["step"]}, f)
 """)
 
 
@@ -46,6 +56,7 @@ def test_two_processes_train_one_model_and_only_rank_0_writes_it(tmp_path, tiny_
     assert out.returncode == 0, out.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
+    assert r0["wrapped"] == r1["wrapped"] == ["DistributedDataParallel"] * 2
     assert r0["sums"] == r1["sums"]  # gradients averaged: both processes hold the same weights
     assert r0["sums"][0] == r0["sums"][1]  # the same seed gives the same model
     single = DiffLMSynthesizer(**kwargs).fit(mixed_df)
