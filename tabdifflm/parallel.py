@@ -74,6 +74,15 @@ def all_sum(values: list[float]) -> list[float]:
     return t.cpu().tolist()
 
 
+def all_gather(items: list) -> list:
+    """Every process's list of picklable items, concatenated in rank order (the list itself with one process)."""
+    if world() == 1:
+        return list(items)
+    parts = [None] * world()
+    dist.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
+
+
 def any_true(flag: bool) -> bool:
     """True on every process if it is true on any (so all stop at the same step)."""
     return bool(all_sum([float(flag)])[0] > 0) if world() > 1 else flag

@@ -448,7 +448,9 @@ class DiffLMSynthesizer(BaseEstimator):
 
         Rows whose text breaks the schema (a date that does not exist, a number outside the training range)
         are generated again, at most ``max_sample_attempts`` rounds. ``random_state`` overrides the
-        estimator's sampling stream for this call.
+        estimator's sampling stream for this call. Under torchrun each process writes its share of the rows
+        from its own seed stream and every process returns all of them, in rank order (so the rows differ
+        from a one-process run with the same seed).
         """
         check_is_fitted(self)
         self._check_params()  # set_params after fit (temperature=nan, ...) is caught here, not mid-sampling
@@ -459,10 +461,36 @@ class DiffLMSynthesizer(BaseEstimator):
         n = int(n_samples)
         gen = self._sample_gen if random_state is None else torch.Generator().manual_seed(
             int(check_random_state(random_state).randint(0, 2**31 - 1)))
+        world, rank = parallel.world(), parallel.rank()
+        here = n
+        if world > 1:  # under torchrun: each process writes its share from its own seed stream
+            base = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))  # the same on every process
+            gen = torch.Generator().manual_seed((base + 1_000_003 * rank) % 2**63)
+            here = n // world + (rank < n % world)
+        got, generated, errors, first_round_valid = self._sample_rows(here, gen) if here else ([], 0, {}, 1.0)
+        if world > 1:  # every process gets every row, in rank order
+            got = parallel.all_gather(got)
+            generated = int(parallel.all_sum([generated])[0])
+            first_round_valid = parallel.all_sum([first_round_valid])[0] / world
+            merged = {}
+            for part in parallel.all_gather([errors]):
+                for k, v in part.items():
+                    merged[k] = merged.get(k, 0) + v
+            errors = merged
+        self.last_sample_stats_ = {"requested": n, "generated": generated, "valid": len(got),
+                                   "first_try_valid_share": first_round_valid, "invalid_by_reason": errors,
+                                   "processes": world, "rows_this_process": here}
+        if len(got) < n:
+            raise RuntimeError(f"only {len(got)} of {n} rows were valid after {self.max_sample_attempts} rounds "
+                               f"({generated} generated); invalid values by column: {errors}")
+        return build_frame(got, self.schema_)
+
+    def _sample_rows(self, n: int, gen: torch.Generator):
+        """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share)."""
         model = self.row_model()
         got, generated, errors = [], 0, {}
         first_round_valid = None
-        bar = tqdm(total=n, desc="sample", disable=not self.verbose, dynamic_ncols=True)
+        bar = tqdm(total=n, desc="sample", disable=not self.verbose or not parallel.is_main(), dynamic_ncols=True)
         for attempt in range(self.max_sample_attempts):
             need = n - len(got)
             m = need if attempt == 0 else min(max(need * 2, 8), need + 4 * self.sample_batch_size)
@@ -488,12 +516,7 @@ class DiffLMSynthesizer(BaseEstimator):
             if len(got) >= n:
                 break
         bar.close()
-        self.last_sample_stats_ = {"requested": n, "generated": generated, "valid": len(got),
-                                   "first_try_valid_share": first_round_valid, "invalid_by_reason": errors}
-        if len(got) < n:
-            raise RuntimeError(f"only {len(got)} of {n} rows were valid after {self.max_sample_attempts} rounds "
-                               f"({generated} generated); invalid values by column: {errors}")
-        return build_frame(got, self.schema_)
+        return got, generated, errors, first_round_valid
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, path) -> None:

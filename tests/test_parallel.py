@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import pandas as pd
 import torch
 
 from tabdifflm import DiffLMSynthesizer
@@ -39,8 +40,10 @@ WORKER = textwrap.dedent("""
             part[name] = h.hexdigest()[:16]
         sums.append(part)
         s.save(f"{out}/model{run}_rank{dist.get_rank()}.tdl")
+    rows = s.sample(11, random_state=0)  # split between the processes, gathered on both
+    rows.to_pickle(f"{out}/rows_rank{dist.get_rank()}.pkl")
     with open(f"{out}/rank{dist.get_rank()}.json", "w") as f:
-        json.dump({"sums": sums, "wrapped": wrapped, "world": dist.get_world_size(), "steps": s.history_["vae"][-1]["step"]}, f)
+        json.dump({"sums": sums, "wrapped": wrapped, "stats": s.last_sample_stats_, "world": dist.get_world_size(), "steps": s.history_["vae"][-1]["step"]}, f)
 """)
 
 
@@ -66,5 +69,10 @@ def test_two_processes_train_one_model_and_only_rank_0_writes_it(tmp_path, tiny_
     a, _ = read_model_file(tmp_path / "model0_rank0.tdl")
     b, _ = read_model_file(tmp_path / "model1_rank0.tdl")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # sampling split too: each process wrote its share (6 + 5), both return all 11 rows, the same ones
+    assert [r0["stats"]["rows_this_process"], r1["stats"]["rows_this_process"]] == [6, 5]
+    a, b = (pd.read_pickle(tmp_path / f"rows_rank{r}.pkl") for r in (0, 1))
+    assert len(a) == 11 and a.equals(b) and list(a.columns) == list(mixed_df.columns)
+    assert not a.iloc[:5].reset_index(drop=True).equals(a.iloc[6:].reset_index(drop=True))  # two seed streams
     loaded = DiffLMSynthesizer.load(tmp_path / "model0_rank0.tdl")
     assert len(loaded.sample(5, random_state=0)) == 5
