@@ -37,6 +37,8 @@ ABLATIONS = {
     "no_row_features": {"row_features": False},
     "plain_numbers": {"number_format": "plain"},
     "token_loss": {"column_loss": "token"},
+    "mlp_head": {"latent_head_hidden": 256},
+    "aux_steps_10": {"aux_steps": 10},
 }
 
 

@@ -22,18 +22,29 @@ from .grammar import CompiledGrammar, RowGrammar
 class LatentLogitHead(nn.Module):
     """Latent z [B, D] -> additive logits [B, G, K] for each (column, position) group over the sub-vocabulary.
 
-    Zero-initialised, so a fresh model writes exactly what the frozen decoder would; training moves each
-    group's logits by a linear function of the latent (a product of experts with the LLM).
+    A linear map, plus (``hidden > 0``) a one-hidden-layer SiLU network beside it: the digits after a
+    number's first are not monotone in its value, which a linear map of the latent cannot express.
+    The output layers start at zero, so a fresh model writes exactly what the frozen decoder would;
+    training moves each group's logits by a function of the latent (a product of experts with the LLM).
     """
 
-    def __init__(self, latent_dim: int, n_groups: int, n_tokens: int):
+    def __init__(self, latent_dim: int, n_groups: int, n_tokens: int, hidden: int = 0):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(n_groups * n_tokens, latent_dim))
         self.bias = nn.Parameter(torch.zeros(n_groups * n_tokens))
         self.shape = (n_groups, n_tokens)
+        self.hidden = None
+        if hidden:
+            self.hidden = nn.Linear(latent_dim, hidden)  # default init: the features must differ from the start
+            self.out = nn.Linear(hidden, n_groups * n_tokens, bias=False)
+            nn.init.zeros_(self.out.weight)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return F.linear(z.float(), self.weight, self.bias).view(z.shape[0], *self.shape)
+        z = z.float()
+        logits = F.linear(z, self.weight, self.bias)  # [B, G * K]
+        if self.hidden is not None:
+            logits = logits + self.out(F.silu(self.hidden(z)))
+        return logits.view(z.shape[0], *self.shape)
 
 
 class RowModel(nn.Module):

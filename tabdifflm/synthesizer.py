@@ -32,8 +32,8 @@ from .serialization import FORMATS, NUMBER_FORMATS, RowFormat, encoder_text
 from .training import VAEData, mu_dev, pad_batch, time_diffusion_step, train_diffusion, train_vae
 
 MIN_ROWS = 10
-LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "aux_weight": 0.0, "aux_steps": 0,
-                 "row_features": False, "column_loss": "token"}
+LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hidden": 0, "aux_weight": 0.0,
+                 "aux_steps": 0, "row_features": False, "column_loss": "token"}
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
 
@@ -71,6 +71,10 @@ class DiffLMSynthesizer(BaseEstimator):
         Add the latent logit head: a linear map from the latent to logits for every (column, position)
         choice, added to the frozen decoder's. It gives the latent a direct say over each column, so the
         latent must carry them all (the target included). False = the paper's model.
+    latent_head_hidden : int
+        Width of a hidden SiLU layer in the latent head, beside its linear map (0 = linear only). A digit
+        after the first is not a monotone function of a number (the tens digit of 129 vs 139 vs 200), so a
+        linear map of the latent can only set the leading digit of each number; the hidden layer can set them all.
     aux_weight : float
         Weight of the latent head's own reconstruction loss (the head alone, without the decoder), which makes
         the latent carry every column. Used only with ``latent_head=True``; 0 turns it off.
@@ -121,6 +125,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "serialization": [StrOptions(set(FORMATS))],
         "number_format": [StrOptions({"auto", *NUMBER_FORMATS})],
         "latent_head": ["boolean"], "row_features": ["boolean"],
+        "latent_head_hidden": [Interval(numbers.Integral, 0, None, closed="left")],
         "aux_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "aux_steps": [Interval(numbers.Integral, 0, None, closed="left")],
         "column_loss": [StrOptions({"column", "token"})],
@@ -144,7 +149,7 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
-                 aux_weight=1.0, aux_steps=3, row_features=True, column_loss="column", max_beta=0.01,
+                 latent_head_hidden=0, aux_weight=1.0, aux_steps=3, row_features=True, column_loss="column", max_beta=0.01,
                  min_beta=1e-3, max_epochs=10, max_time=None,
                  batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
@@ -159,6 +164,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.serialization = serialization
         self.number_format = number_format
         self.latent_head = latent_head
+        self.latent_head_hidden = latent_head_hidden
         self.aux_weight = aux_weight
         self.aux_steps = aux_steps
         self.row_features = row_features
@@ -240,7 +246,10 @@ class DiffLMSynthesizer(BaseEstimator):
                             self.n_prefix_tokens, seed=seed).to(device)
         head = None
         if self.latent_head:
-            head = LatentLogitHead(self.latent_dim, self._grammar.n_groups, self._grammar.K).to(device)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                head = LatentLogitHead(self.latent_dim, self._grammar.n_groups, self._grammar.K,
+                                       hidden=self.latent_head_hidden).to(device)
         ref = {"decoder": self.decoder if self.decoder is not None else DEFAULT_DECODER, "resolved": dec_src,
                "fingerprint": dec_fp, "dtype": str(dtype).replace("torch.", "")}
         return encoder, injector, head, ref, {"encoder": self.encoder or DEFAULT_ENCODER, "resolved": enc_src}

@@ -259,3 +259,17 @@ def test_row_vae_computes_the_whole_loss_in_one_forward(tiny_kwargs, mixed_df):
     vae(*batch, torch.randn(6, s.latent_dim), beta=0.3, heads_only=True).loss.backward()
     assert all(p.grad is None for p in s.encoder_.backbone.parameters())
     assert s.encoder_.head.weight.grad.abs().sum() > 0 and g.latent_head.weight.grad.abs().sum() > 0
+
+
+def test_hidden_latent_head_starts_neutral_trains_and_round_trips(tiny_kwargs, mixed_df, tmp_path):
+    head = LatentLogitHead(6, 3, 5, hidden=8)
+    z = torch.randn(4, 6)
+    assert torch.equal(head(z), torch.zeros(4, 3, 5))  # zero output layers: the frozen decoder's model
+    (head(z) * torch.randn(4, 3, 5)).sum().backward()  # gradients reach the output layer
+    assert head.out.weight.grad.abs().sum() > 0
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "latent_head_hidden": 8}).fit(mixed_df)
+    assert s.latent_head_.out.weight.abs().sum() > 0  # trained away from zero
+    s.save(tmp_path / "m.tdl")
+    back = DiffLMSynthesizer.load(tmp_path / "m.tdl")
+    assert back.latent_head_hidden == 8
+    pd.testing.assert_frame_equal(s.sample(6, random_state=1), back.sample(6, random_state=1))
