@@ -158,7 +158,7 @@ class RowModel(nn.Module):
 
     @torch.no_grad()  # sampling keeps no autograd graph: with one, every token's activations stay alive
     def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
-                 static_cache: bool = False):
+                 static_cache: bool = False, head_only: bool = False, fixed: torch.Tensor | None = None):
         """Write one row per latent. z [B, D] -> list of B decoder-token lists (each a complete row).
 
         All rows advance in lockstep, one decoder call per token with the KV cache; grammar states step by
@@ -167,30 +167,46 @@ class RowModel(nn.Module):
         grammar bounds every row's length, so this ends after at most ``grammar.max_tokens`` steps.
         ``generator`` (on any device) makes the draws reproducible; temperature 0 is greedy.
         ``static_cache=True`` allocates the KV cache once for the whole row instead of growing it at every
-        token, about 10 % slower on the CPU.
+        token, about 10 % slower on the CPU. ``head_only=True`` writes rows from the latent logit head alone
+        (no decoder call: thousands of rows a second), a cheap model of p(row | z) for steering latents.
+        ``fixed`` [B, C, W] (sub-vocabulary ids, -1 = free) prescribes known values: where row b's entry for
+        column c is set, the value's tokens and the separator after it are written instead of sampled, so
+        the columns after it are written knowing it (imputation). Each must be a path the grammar allows.
         """
         g, dec, inj = self.grammar, self.decoder, self.injector
         dev, dtype = self.device, dec.dtype
         z = z.to(dev)
         B = z.shape[0]
-        emb = dec.get_input_embeddings()
-        prefix = inj.prefix_embeds(z).to(dtype)
-        cache = inj.memory(z, dtype)
-        if static_cache:
-            cache = self._static_cache(cache, prefix.shape[1] + g.max_tokens + 1)
-        h, cache = run_base(dec.base_model, prefix, cache, True)
-        h = h[:, -1]  # [B, H]
-        offset = inj.token_offset(z)
+        if head_only and self.latent_head is None:
+            raise ValueError("head_only generation needs the latent logit head (latent_head=True)")
         table = None if self.latent_head is None else self.latent_head(z)  # [B, G, K]
+        if not head_only:
+            emb = dec.get_input_embeddings()
+            prefix = inj.prefix_embeds(z).to(dtype)
+            cache = inj.memory(z, dtype)
+            if static_cache:
+                cache = self._static_cache(cache, prefix.shape[1] + g.max_tokens + 1)
+            h, cache = run_base(dec.base_model, prefix, cache, True)
+            h = h[:, -1]  # [B, H]
+            offset = inj.token_offset(z)
+        rows = torch.arange(B, device=dev)
         state = torch.full((B,), g.start, dtype=torch.long, device=dev)
         out = torch.full((B, g.max_tokens), g.pad, dtype=torch.long, device=dev)  # sub-vocabulary ids
         length = torch.zeros(B, dtype=torch.long, device=dev)
         if temperature > 0:  # every uniform drawn at once, on the generator's device, moved over once
             u = torch.rand(g.max_tokens, B, 1, generator=generator,
                            device=generator.device if generator is not None else dev).to(dev)
+        if fixed is not None:
+            fixed = fixed.to(dev)
+            col_prev = torch.full((B,), -1, dtype=torch.long, device=dev)
+            pos = torch.zeros(B, dtype=torch.long, device=dev)
         for t in range(g.max_tokens):
             live = state != g.done
-            logits = self.logits(h, torch.where(live, state, g.start), table)  # [B, K]
+            st = torch.where(live, state, g.start)
+            if head_only:  # the latent head's logits alone (literal text is forced either way)
+                logits = self._masked(table[rows, g.group[st].clamp(min=0)], st)
+            else:
+                logits = self.logits(h, st, table)  # [B, K]
             if temperature <= 0:
                 pick = logits.argmax(-1)
             else:  # inverse CDF: the first token whose cumulative probability reaches u
@@ -198,17 +214,24 @@ class RowModel(nn.Module):
                 pick = (cdf < (1 - u[t]) * cdf[:, -1:]).sum(-1)  # 1 - u is in (0, 1]: never a masked token
             forced = g.forced[state]
             tok = torch.where(forced >= 0, forced, pick)
+            if fixed is not None:  # known values: their tokens, counted from the value's first
+                col = g.column[st]  # [B], -1 in literal text
+                pos = torch.where(col == col_prev, pos + 1, 0)
+                col_prev = col
+                want = fixed[rows, col.clamp(min=0), pos.clamp(max=fixed.shape[2] - 1)]
+                tok = torch.where((col >= 0) & (want >= 0), want, tok)
             tok = torch.where(live, tok, g.pad)
             out[:, t] = tok
             length += live
             state = g.step(state, tok)
             if not bool((state != g.done).any()):  # the one host sync per token
                 break
-            x = emb(g.vocab[tok])[:, None].float()  # [B, 1, H]
-            if offset is not None:
-                x = x + offset
-            h, cache = run_base(dec.base_model, x.to(dtype), cache, True)
-            h = h[:, -1]
+            if not head_only:
+                x = emb(g.vocab[tok])[:, None].float()  # [B, 1, H]
+                if offset is not None:
+                    x = x + offset
+                h, cache = run_base(dec.base_model, x.to(dtype), cache, True)
+                h = h[:, -1]
         toks = g.vocab[out].tolist()
         return [row[:n] for row, n in zip(toks, length.tolist())]
 

@@ -19,11 +19,12 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from . import __version__, parallel
+from .conditions import parse_conditions, restrict, without_missing
 from .decoder import DEFAULT_DECODER, fingerprint, load_decoder, quiet_unless_verbose, resolve_dtype
 from .diffusion import MLPDenoiser, sample_heun
 from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
 from .features import RowFeaturizer
-from .grammar import InvalidValue, RowGrammar
+from .grammar import END, InvalidValue, RowGrammar
 from .injection import METHODS, Injector
 from .model import LatentLogitHead, RowModel, RowVAE
 from .persistence import ModelFileError, read_model_file, write_model_file
@@ -43,6 +44,32 @@ def _get_decoder(decoder, dtype, device):
         model, tok, src = load_decoder(decoder, dtype, device)
         _DECODERS[key] = (model, tok, src, fingerprint(model))
     return _DECODERS[key]
+
+
+def _known_tokens(col, automaton, v):
+    """Tokens that write value v of a column, or None where the model cannot write it (unseen category,
+    out of range, finer than the column's precision)."""
+    try:
+        if col.kind == "numeric" and not col.is_int:
+            if not col.min <= v <= col.max:
+                return None
+            v = round(v, col.decimals)
+        seq = automaton.encode(v)
+    except (ValueError, KeyError, TypeError):
+        return None
+    state = automaton.start()
+    for t in seq:  # the automaton must accept it (range, format)
+        if t not in automaton.allowed(state):
+            return None
+        state = automaton.step(state, t)
+    return list(seq) if END in automaton.allowed(state) else None
+
+
+def _placeholder(col):
+    """Some value the grammar can write, for cells the latent head does not score."""
+    if col.kind == "categorical":
+        return col.categories[0] if col.categories else None
+    return int(col.min) if col.kind == "datetime" or col.is_int else col.min
 
 
 class DiffLMSynthesizer(BaseEstimator):
@@ -452,8 +479,14 @@ class DiffLMSynthesizer(BaseEstimator):
         return pd.DataFrame(out, columns=self.feature_names_in_, index=getattr(X, "index", None))
 
     @quiet_unless_verbose
-    def sample(self, n_samples, random_state=None) -> pd.DataFrame:
+    def sample(self, n_samples, random_state=None, conditions=None) -> pd.DataFrame:
         """Generate exactly ``n_samples`` valid rows with the training columns, order and dtypes.
+
+        ``conditions`` {column: value, list/set of values, or (low, high) with None for an open end} holds
+        in every row: the row grammar is narrowed so that only allowed values can be written, and the
+        latents are drawn from the prior reweighted by how likely the latent head finds the conditions
+        (sampling-importance-resampling on cheap head-only rows), so the other columns follow the
+        condition instead of sitting beside a forced value. Every condition is checked before any work.
 
         Rows whose text breaks the schema (a date that does not exist, a number outside the training range)
         are generated again, at most ``max_sample_attempts`` rounds. ``random_state`` overrides the
@@ -468,6 +501,7 @@ class DiffLMSynthesizer(BaseEstimator):
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}")
         n = int(n_samples)
+        conds = parse_conditions(conditions, self.schema_)
         gen = self._sample_gen if random_state is None else torch.Generator().manual_seed(
             int(check_random_state(random_state).randint(0, 2**31 - 1)))
         world, rank = parallel.world(), parallel.rank()
@@ -476,7 +510,9 @@ class DiffLMSynthesizer(BaseEstimator):
             base = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))  # the same on every process
             gen = torch.Generator().manual_seed((base + 1_000_003 * rank) % 2**63)
             here = n // world + (rank < n % world)
-        got, generated, errors, first_round_valid = self._sample_rows(here, gen) if here else ([], 0, {}, 1.0)
+        hits = []  # per batch: share of the prior's head-only rows that met the conditions
+        got, generated, errors, first_round_valid = (self._sample_rows(here, gen, conds, hits) if here
+                                                     else ([], 0, {}, 1.0))
         if world > 1:  # every process gets every row, in rank order
             got = parallel.all_gather(got)
             generated = int(parallel.all_sum([generated])[0])
@@ -489,14 +525,21 @@ class DiffLMSynthesizer(BaseEstimator):
         self.last_sample_stats_ = {"requested": n, "generated": generated, "valid": len(got),
                                    "first_try_valid_share": first_round_valid, "invalid_by_reason": errors,
                                    "processes": world, "rows_this_process": here}
+        if conds:  # share of prior rows that meet the conditions, as the latent head sees it
+            self.last_sample_stats_["condition_share_in_prior"] = (
+                float(np.mean(hits)) if hits else None)
         if len(got) < n:
             raise RuntimeError(f"only {len(got)} of {n} rows were valid after {self.max_sample_attempts} rounds "
                                f"({generated} generated); invalid values by column: {errors}")
         return build_frame(got, self.schema_)
 
-    def _sample_rows(self, n: int, gen: torch.Generator):
+    def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None):
         """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share)."""
-        model = self.row_model()
+        model, grammar = self.row_model(), self._grammar
+        if conds:
+            grammar = restrict(self._grammar, conds, self._dec_tok)
+            model = RowModel(self._decoder, self.injector_, grammar, self.latent_head_)
+        cols = self.schema_.columns
         got, generated, errors = [], 0, {}
         first_round_valid = None
         bar = tqdm(total=n, desc="sample", disable=not self.verbose or not parallel.is_main(), dynamic_ncols=True)
@@ -506,14 +549,20 @@ class DiffLMSynthesizer(BaseEstimator):
             round_valid = 0
             for s in range(0, m, self.sample_batch_size):
                 # latents a batch at a time: the first rows come at once and memory stays flat for any n
-                z = self.sample_latents(min(self.sample_batch_size, m - s), generator=gen)
+                k = min(self.sample_batch_size, m - s)
+                z = self._guided_latents(k, conds, gen, hits) if conds else self.sample_latents(k, generator=gen)
                 toks = model.generate(z, self.temperature, generator=gen)
                 for t in toks:
                     generated += 1
                     try:
-                        row = self._grammar.decode(t)
+                        row = grammar.decode(t)
                     except InvalidValue as e:
                         key = str(e).split(":")[0]
+                        errors[key] = errors.get(key, 0) + 1
+                        continue
+                    broken = next((c for c in conds if not c.holds(row[c.column], cols[c.column])), None)
+                    if broken is not None:  # only where a date format's resolution straddles a bound
+                        key = f"condition {broken.describe()}"
                         errors[key] = errors.get(key, 0) + 1
                         continue
                     round_valid += 1
@@ -526,6 +575,139 @@ class DiffLMSynthesizer(BaseEstimator):
                 break
         bar.close()
         return got, generated, errors, first_round_valid
+
+    @quiet_unless_verbose
+    def sample_remaining_columns(self, known, random_state=None, candidates: int = 32,
+                                 never_missing: bool = True) -> pd.DataFrame:
+        """Fill the missing cells of ``known``: one row per row, its non-missing cells kept as they are.
+
+        ``known`` is a DataFrame with some or all of the training columns (absent ones are filled whole).
+        For each row, ``candidates`` latents are drawn from the prior and one is picked with probability
+        proportional to the latent head's likelihood of the row's known cells (sampling-importance-
+        resampling); the decoder then writes the row with the known values prescribed, so the filled cells
+        follow both the latent and the values written before them. A known value the model cannot write
+        (a category never seen, a number outside the training range) is kept in the output but not shown
+        to the model; ``last_sample_stats_["known_cells_not_shown"]`` counts them. ``never_missing``
+        (default) fills every cell with a value; False lets the model write "missing" where it learnt to.
+        Returns a DataFrame with the training columns and dtypes and ``known``'s index.
+        """
+        check_is_fitted(self)
+        df = check_frame(known)
+        extra = [c for c in df.columns if c not in set(self.feature_names_in_)]
+        if extra:
+            raise ValueError(f"known has columns the model was not fitted on: {extra}")
+        if not isinstance(candidates, numbers.Integral) or candidates < 1:
+            raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+        schema, grammar = self.schema_, self._grammar
+        model = self.row_model()
+        if never_missing:
+            grammar = without_missing(grammar, self._dec_tok)
+            model = RowModel(self._decoder, self.injector_, grammar, self.latent_head_)
+        full = pd.DataFrame(index=df.index)
+        for c in schema.columns:  # absent columns as typed all-missing ones
+            if c.name in df.columns:
+                full[c.name] = df[c.name]
+            elif c.kind == "datetime":
+                full[c.name] = pd.Series(pd.NaT, index=df.index, dtype=f"datetime64[ns{', ' + c.tz if c.tz else ''}]")
+            else:
+                full[c.name] = pd.Series(None if c.kind == "categorical" else np.nan, index=df.index,
+                                         dtype=object if c.kind == "categorical" else float)
+        rows = frame_rows(full, schema)
+        known_mask = full.notna().to_numpy()  # [n, C]
+        g = model.grammar
+        C, W = len(schema.columns), max(grammar._value_len(a) for a in grammar.cols) + 1
+        fixed = torch.full((len(rows), C, W), -1, dtype=torch.long)
+        shown = np.zeros_like(known_mask)
+        anchors = []  # each row with placeholders in its free cells: what the latent head scores
+        for i, row in enumerate(rows):
+            anchor = []
+            for j, (col, aut, v) in enumerate(zip(schema.columns, grammar.cols, row)):
+                seq = _known_tokens(col, aut, v) if known_mask[i, j] else None
+                if seq is not None:
+                    seq = seq + [grammar.lits[j + 1][0]]
+                    fixed[i, j, :len(seq)] = g.to_local(torch.tensor(seq))
+                    shown[i, j] = True
+                anchor.append(v if seq is not None else _placeholder(col))
+            anchors.append(anchor)
+        gen = torch.Generator().manual_seed(int(check_random_state(random_state).randint(0, 2**31 - 1)))
+        out_rows: list = [None] * len(rows)
+        todo = list(range(len(rows)))
+        bar = tqdm(total=len(rows), desc="impute", disable=not self.verbose, dynamic_ncols=True)
+        for _ in range(self.max_sample_attempts):
+            failed = []
+            for s in range(0, len(todo), self.sample_batch_size):
+                part = todo[s:s + self.sample_batch_size]
+                z = self._latents_for_known(part, anchors, shown, candidates, gen)
+                toks = model.generate(z, self.temperature, generator=gen, fixed=fixed[part])
+                for i, t in zip(part, toks):
+                    try:
+                        out_rows[i] = grammar.decode(t)
+                        bar.update(1)
+                    except InvalidValue:
+                        failed.append(i)
+            todo = failed
+            if not todo:
+                break
+        bar.close()
+        if todo:
+            raise RuntimeError(f"{len(todo)} rows could not be completed validly after {self.max_sample_attempts} rounds")
+        out = build_frame(out_rows, schema)
+        out.index = df.index
+        for j, c in enumerate(schema.columns):  # the user's own cells, exactly as given
+            if c.name in df.columns and known_mask[:, j].any():
+                with warnings.catch_warnings():  # pandas' downcasting notice; the dtype is restored below
+                    warnings.simplefilter("ignore", FutureWarning)
+                    merged = out[c.name].mask(known_mask[:, j], df[c.name])
+                try:
+                    merged = merged.astype(out[c.name].dtype)
+                except (TypeError, ValueError):  # a kept value the training dtype cannot hold
+                    pass
+                out[c.name] = merged
+        self.last_sample_stats_ = {"requested": len(rows), "known_cells": int(known_mask.sum()),
+                                   "known_cells_not_shown": int((known_mask & ~shown).sum()),
+                                   "filled_cells": int((~known_mask).sum())}
+        return out
+
+    def _latents_for_known(self, part, anchors, shown, candidates, gen) -> torch.Tensor:
+        """One latent per row of ``part``: ``candidates`` prior draws each, picked by the latent head's
+        likelihood of the row's shown cells (softmax over the candidates' log-likelihoods)."""
+        k = len(part)
+        z = self.sample_latents(k * candidates, generator=gen)  # [k * candidates, D]
+        if self.latent_head_ is None or not shown[part].any():
+            return z.view(k, candidates, -1)[:, 0]
+        enc = [self._grammar.encode(anchors[i]) for i in part]
+        toks, sts, valid = pad_batch([e[0] for e in enc], [e[1] for e in enc], self._grammar.done)
+        rep = lambda x: x.repeat_interleave(candidates, 0)  # noqa: E731
+        model = self.row_model()
+        with torch.no_grad():
+            nll, r, c = model.head_nll(z, rep(toks), rep(sts), rep(valid))
+        keep = torch.as_tensor(shown[part]).repeat_interleave(candidates, 0).to(nll.device)[r, c]  # known cells only
+        ll = -torch.zeros(k * candidates, device=nll.device).index_add(0, r, nll * keep)  # [k * candidates]
+        w = torch.softmax(ll.view(k, candidates).cpu().double(), -1)
+        pick = torch.multinomial(w, 1, generator=gen).squeeze(1)  # [k]
+        return z.view(k, candidates, -1)[torch.arange(k), pick]
+
+    def _guided_latents(self, n: int, conds, gen, hits: list, candidates: int = 8, draws: int = 4) -> torch.Tensor:
+        """n prior latents resampled by the conditions' likelihood: ``candidates`` x n latents from the prior,
+        ``draws`` rows each written by the latent head alone (no decoder), and n latents picked without
+        replacement with weight = share of their head rows that meet every condition (a small floor keeps
+        each latent possible). Falls back to the prior where the model has no latent head."""
+        if self.latent_head_ is None:
+            return self.sample_latents(n, generator=gen)
+        z = self.sample_latents(n * candidates, generator=gen)  # [M, D]
+        rows = self.row_model().generate(z.repeat_interleave(draws, 0), 1.0, generator=gen, head_only=True)
+        cols = self.schema_.columns
+        hit = torch.zeros(len(rows))
+        for r, t in enumerate(rows):
+            try:
+                row = self._grammar.decode(t)
+            except InvalidValue:
+                continue
+            hit[r] = float(all(c.holds(row[c.column], cols[c.column]) for c in conds))
+        w = hit.view(-1, draws).mean(1)  # [M]
+        hits.append(float(hit.mean()))
+        w = w + 1e-3 * max(float(w.max()), 1.0)
+        return z[torch.multinomial(w, n, replacement=False, generator=gen)]
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, path) -> None:

@@ -48,19 +48,30 @@ def char_token(tokenizer, ch: str) -> int:
 
 
 class CategoricalGrammar:
-    """Trie over the token sequences of the column's category texts (and of the missing marker)."""
+    """Trie over the token sequences of the column's category texts (and of the missing marker).
 
-    def __init__(self, col: ColumnSpec, fmt: RowFormat, tokenizer, end_token: int):
+    ``values`` restricts it to some of them (None in it = the missing marker); ``seqs`` gives each value's
+    token sequence instead of the category text's (conditions on numbers and dates use this with the
+    values' digit tokens).
+    """
+
+    def __init__(self, col: ColumnSpec, fmt: RowFormat, tokenizer, end_token: int, values: list | None = None,
+                 seqs: list | None = None):
         self.col = col
         self.children: list[dict[int, int]] = [{}]
-        self.leaf: list[int | None] = [None]  # index into values, -1 = missing
+        self.leaf: list[int | None] = [None]  # index into self.values
         self.depth: list[int] = [0]
-        self.seqs = {}
-        entries = [(fmt.category_text(col, v), i) for i, v in enumerate(col.categories)]
-        if col.has_missing:
-            entries.append((fmt.missing_text, -1))
-        for text, idx in entries:
-            seq = tokenizer.encode(text, add_special_tokens=False) if text else []
+        if values is None:
+            values = list(col.categories) + ([None] if col.has_missing else [])
+        self.values = list(values)
+        self.seqs = []
+        for i, v in enumerate(self.values):
+            if seqs is not None:
+                seq = list(seqs[i])
+            else:
+                text = fmt.missing_text if v is None else fmt.category_text(col, v)
+                seq = tokenizer.encode(text, add_special_tokens=False) if text else []
+            self.seqs.append(seq)
             node = 0
             for t in seq:
                 nxt = self.children[node].get(t)
@@ -72,12 +83,11 @@ class CategoricalGrammar:
                     self.depth.append(self.depth[node] + 1)
                 node = nxt
             if self.leaf[node] is not None:
-                raise ValueError(f"column {col.name!r}: two values share the token sequence of {text!r}")
-            self.leaf[node] = idx
-            self.seqs[idx] = seq
+                raise ValueError(f"column {col.name!r}: two values share the token sequence of {v!r}")
+            self.leaf[node] = i
         for node, idx in enumerate(self.leaf):
             if idx is not None and end_token in self.children[node]:
-                v = "missing" if idx == -1 else repr(col.categories[idx])
+                v = "missing" if self.values[idx] is None else repr(self.values[idx])
                 raise ValueError(f"column {col.name!r}: value {v} cannot be told apart from the separator")
 
     def start(self):
@@ -98,11 +108,10 @@ class CategoricalGrammar:
         return {t for ch in self.children for t in ch}
 
     def encode(self, v) -> list[int]:
-        return self.seqs[-1 if v is None else self.col.categories.index(v)]
+        return self.seqs[self.values.index(v)]
 
     def finish(self, s, toks):
-        idx = self.leaf[s]
-        return None if idx == -1 else self.col.categories[idx]
+        return self.values[self.leaf[s]]
 
 
 class _CharGrammar:
@@ -154,11 +163,15 @@ class NumericGrammar(_CharGrammar):
     zero-padded bounds instead, so the first digit written is always the most significant one.
     """
 
-    def __init__(self, col, fmt, tokenizer):
+    def __init__(self, col, fmt, tokenizer, units: tuple[int, int] | None = None, allow_missing: bool | None = None):
         super().__init__(col, fmt, tokenizer, "0123456789-.")
         p = self.decimals = 0 if col.is_int else col.decimals
+        self.allow_missing = col.has_missing if allow_missing is None else allow_missing
         # integer columns keep exact Python ints (beyond 2**53 a float would move the bounds)
         lo, hi = (int(col.min), int(col.max)) if col.is_int else (round(col.min * 10 ** p), round(col.max * 10 ** p))
+        if units is not None:  # a condition's range, in 10^-decimals units, inside the training range
+            lo, hi = units
+        self.bounds = (lo / 10 ** p, hi / 10 ** p) if p else (lo, hi)
         pos = (max(lo, 0), hi) if hi >= 0 else None
         neg = (max(-hi, 1), -lo) if lo < 0 else None  # zero is written without a sign
         self.units = {False: pos, True: neg}
@@ -210,7 +223,7 @@ class NumericGrammar(_CharGrammar):
             a = self.allowed(("i", False, 0, 0, 0, False)) if self.ranges[False] else ()
             if self.ranges[True]:
                 a += (self.tok["-"],)
-            if self.col.has_missing:
+            if self.allow_missing:
                 a += (self.missing[0],) if self.missing else (END,)
             return a
         if kind == "i":  # ("i", neg, k, c_lo, c_hi, zero)
@@ -266,7 +279,7 @@ class NumericGrammar(_CharGrammar):
             return int(self.text(toks))
         x = float(self.text(toks))
         # the automaton keeps values in range; clip only the last-ulp float error of the decimal text
-        return min(max(x, self.col.min), self.col.max)
+        return min(max(x, self.bounds[0]), self.bounds[1])
 
 
 _FIELDS = {"%Y": (4, None), "%m": (2, (1, 12)), "%d": (2, (1, 31)), "%H": (2, (0, 23)), "%M": (2, (0, 59)),
@@ -281,10 +294,12 @@ class DatetimeGrammar(_CharGrammar):
     training span, where bounding the year alone let most dates fall outside and pile up at the bounds
     once clipped. A day past the month's end is moved to the month's last day."""
 
-    def __init__(self, col, fmt, tokenizer):
+    def __init__(self, col, fmt, tokenizer, bounds: tuple[int, int] | None = None, allow_missing: bool | None = None):
         a, b = fmt.datetime_wrap()
-        lo_year = pd.Timestamp(int(col.min)).year
-        hi_year = pd.Timestamp(int(col.max)).year
+        self.allow_missing = col.has_missing if allow_missing is None else allow_missing
+        self.bounds = (int(col.min), int(col.max)) if bounds is None else bounds  # epoch ns
+        lo_year = pd.Timestamp(self.bounds[0]).year
+        hi_year = pd.Timestamp(self.bounds[1]).year
         self.segments = [("lit", ch) for ch in a]
         f, i = col.dt_format, 0
         while i < len(f):
@@ -300,8 +315,8 @@ class DatetimeGrammar(_CharGrammar):
         self.offsets = [0]
         for seg in self.segments:
             self.offsets.append(self.offsets[-1] + (len(seg[1]) if seg[0] == "num" else 1))
-        self.lo_text = a + datetime_text(int(col.min), col) + b
-        self.hi_text = a + datetime_text(int(col.max), col) + b
+        self.lo_text = a + datetime_text(self.bounds[0], col) + b
+        self.hi_text = a + datetime_text(self.bounds[1], col) + b
         lits = "".join(seg[1] for seg in self.segments if seg[0] == "lit")
         super().__init__(col, fmt, tokenizer, "0123456789" + "".join(sorted(set(lits))))
         self.digits = tuple(self.tok[c] for c in "0123456789")
@@ -330,7 +345,7 @@ class DatetimeGrammar(_CharGrammar):
             a = (self.tok[seg[1]],)
         else:
             a = tuple(self.digits[d] for d in range(10) if self._digit(s, d) is not None)
-        if i == 0 and j == 0 and self.col.has_missing:
+        if i == 0 and j == 0 and self.allow_missing:
             a += (self.missing[0],) if self.missing else (END,)
         return a
 
@@ -339,7 +354,7 @@ class DatetimeGrammar(_CharGrammar):
             return ("m", s[1] + 1)
         _, i, j, c_lo, c_hi, g_lo, g_hi = s
         seg = self.segments[i]
-        if i == 0 and j == 0 and self.col.has_missing and self.missing and tok == self.missing[0] \
+        if i == 0 and j == 0 and self.allow_missing and self.missing and tok == self.missing[0] \
                 and tok not in self.allowed(s)[:-1]:
             return ("m", 1)
         if seg[0] == "lit":
@@ -366,7 +381,7 @@ class DatetimeGrammar(_CharGrammar):
             last = calendar.monthrange(y, m)[1]
             parts[4] = f"{min(int(parts[4]), last):02d}"
             ns = parse_datetime("".join(parts), self.col)
-        return int(min(max(ns, self.col.min), self.col.max))
+        return int(min(max(ns, self.bounds[0]), self.bounds[1]))
 
 
 MAX_POSITIONS = 12  # value positions with their own latent logit group; later ones share the last
@@ -402,10 +417,6 @@ class RowGrammar:
             else:
                 g = DatetimeGrammar(col, fmt, tokenizer)
             self.cols.append(g)
-        self._ids: dict[tuple, int] = {}
-        self._states: list[tuple] = []
-        self._allowed: list[tuple] = []
-        self._trans: dict[tuple[int, int], int] = {}
         toks = {t for lit in self.lits for t in lit}
         self.group_offsets, n = [], 0
         self._positions = [min(self._value_len(g), MAX_POSITIONS) for g in self.cols]  # groups per column
@@ -415,10 +426,27 @@ class RowGrammar:
             n += k
         self.n_groups = max(n, 1)
         self.vocab = torch.tensor(sorted(toks), dtype=torch.long)
-        self._groups: list[int] = []
+        self._build()
+
+    def _build(self):
+        self._ids, self._states, self._allowed, self._trans, self._groups = {}, [], [], {}, []
         self.start = self._intern(self._enter_literal(0, 0))
         self.done = self._intern(DONE)
         self.tables = CompiledGrammar.build(self)  # interns every reachable state
+
+    def restricted(self, cols: dict) -> "RowGrammar":
+        """The same row grammar with some columns' automata replaced by narrower ones ({column index:
+        automaton}, e.g. a condition's range or set of values). The sub-vocabulary and the latent logit
+        groups stay those of this grammar, so a model trained on it runs on the restricted one as it is."""
+        g = object.__new__(RowGrammar)
+        g.__dict__.update({k: v for k, v in self.__dict__.items()
+                           if k in ("fmt", "schema", "lits", "group_offsets", "_positions", "n_groups", "vocab")})
+        g.cols = [cols.get(i, c) for i, c in enumerate(self.cols)]
+        extra = set().union(*(c.tokens() for c in cols.values())) - set(self.vocab.tolist()) if cols else set()
+        if extra:
+            raise ValueError(f"tokens {sorted(extra)[:5]} are not in the grammar's vocabulary")
+        g._build()
+        return g
 
     # -- states ------------------------------------------------------------------------------------------
     def _enter_literal(self, i, k):
@@ -461,7 +489,7 @@ class RowGrammar:
     def _value_len(g) -> int:
         """Most tokens one value of the column can take."""
         if isinstance(g, CategoricalGrammar):
-            return max(len(s) for s in g.seqs.values()) + 1
+            return max(len(s) for s in g.seqs) + 1
         if isinstance(g, NumericGrammar):
             return max(1 + g.max_int + 1 + g.decimals, len(g.missing)) + 1
         return max(sum(len(seg[1]) if seg[0] == "num" else 1 for seg in g.segments), len(g.missing)) + 1

@@ -1,0 +1,191 @@
+"""Conditions on any column (issue 9): every returned row meets them; bad conditions are refused first."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from tabdifflm import DiffLMSynthesizer
+from tabdifflm.conditions import parse_conditions, restrict
+from tabdifflm.grammar import RowGrammar
+from tabdifflm.schema import frame_rows, infer_schema
+from tabdifflm.serialization import RowFormat
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_kwargs, mixed_df):
+    return DiffLMSynthesizer(**{**tiny_kwargs, "sample_batch_size": 16}).fit(mixed_df)
+
+
+@pytest.mark.parametrize("conditions, check", [
+    ({"city": "Paris"}, lambda d: (d.city == "Paris").all()),
+    ({"city": ["Paris", 'the "Big" one']}, lambda d: d.city.isin(["Paris", 'the "Big" one']).all()),
+    ({"age": (40, None)}, lambda d: (d.age >= 40).all()),
+    ({"age": (30, 35), "member": True}, lambda d: d.age.between(30, 35).all() and d.member.all()),
+    ({"income": (40000.5, 52000.25)}, lambda d: d.income.between(40000.5, 52000.25).all()),
+    ({"temp": (None, -2.5)}, lambda d: (d.temp <= -2.5).all() and d.temp.notna().all()),
+    ({"score": [-5, 4]}, lambda d: d.score.isin([-5, 4]).all()),
+    ({"score": [None]}, lambda d: d.score.isna().all()),
+    ({"note": None}, lambda d: d.note.isna().all()),
+    ({"joined": ("2021-01-01", "2021-06-30")},
+     lambda d: d.joined.between(pd.Timestamp("2021-01-01"), pd.Timestamp("2021-06-30")).all()),
+    ({"tier": "gold", "city": "São Paulo"}, lambda d: (d.tier == "gold").all() and (d.city == "São Paulo").all()),
+])
+def test_every_row_meets_the_conditions(fitted, mixed_df, conditions, check):
+    out = fitted.sample(24, random_state=0, conditions=conditions)
+    assert len(out) == 24 and list(out.columns) == list(mixed_df.columns)
+    assert list(out.dtypes) == list(mixed_df.dtypes)
+    assert check(out)
+    stats = fitted.last_sample_stats_
+    assert stats["first_try_valid_share"] == 1.0 and 0.0 <= stats["condition_share_in_prior"] <= 1.0
+
+
+def test_an_exact_float_value_and_a_date_value(fitted, mixed_df):
+    v = float(mixed_df.income.iloc[3])
+    d = mixed_df.joined.iloc[5]
+    out = fitted.sample(8, random_state=1, conditions={"income": v, "joined": d})
+    assert (out.income == v).all() and (out.joined == d).all()
+
+
+@pytest.mark.parametrize("conditions, names", [
+    ({"town": "Paris"}, ["town", "unknown column"]),
+    ({"city": "Lyon"}, ["city", "Lyon", "never seen"]),
+    ({"age": (90, 120)}, ["age", "holds no value", "training range"]),
+    ({"age": (50, 40)}, ["age", "holds no value"]),
+    ({"age": 200}, ["age", "outside the training range"]),
+    ({"age": 33.5}, ["age", "not an integer"]),
+    ({"income": 50000.123}, ["income", "decimals"]),
+    ({"city": []}, ["city", "empty"]),
+    ({"city": ("Paris", "Lyon")}, ["city", "Lyon"]),
+    ({"age": ("a", None)}, ["age", "not a number"]),
+    ({"age": None}, ["age", "no missing values"]),
+    ({"joined": ("1990-01-01", "1991-01-01")}, ["joined", "holds no value"]),
+    ({"joined": "not a date"}, ["joined", "not a date"]),
+])
+def test_bad_conditions_are_refused_before_any_work_and_named(fitted, conditions, names):
+    draws = []
+    fitted.sample_latents, orig = (lambda n, generator=None: draws.append(n)), fitted.sample_latents
+    try:
+        with pytest.raises(ValueError) as e:
+            fitted.sample(5, conditions=conditions)
+    finally:
+        del fitted.sample_latents
+    assert not draws  # nothing was drawn or generated
+    for name in names:
+        assert name in str(e.value)
+
+
+def test_conditions_must_be_a_dict(fitted):
+    with pytest.raises(TypeError, match="dict"):
+        fitted.sample(3, conditions=[("city", "Paris")])
+
+
+def test_restricted_grammar_accepts_exactly_the_allowed_rows(mixed_df, smol_tokenizer):
+    """Every training row is accepted by the narrowed grammar iff it meets the conditions, and the
+    narrowed grammar keeps the full grammar's vocabulary and latent groups."""
+    schema = infer_schema(mixed_df)
+    g = RowGrammar(RowFormat("values", schema, "fixed"), smol_tokenizer)
+    conds = parse_conditions({"age": (30, 60), "city": ["Paris", "New York, NY"], "temp": (-4.0, None)}, schema)
+    r = restrict(g, conds, smol_tokenizer)
+    assert r.vocab.tolist() == g.vocab.tolist() and r.n_groups == g.n_groups
+    rows = frame_rows(mixed_df, schema)
+    accepted = []
+    for row in rows:
+        try:
+            r.encode(row)
+            accepted.append(True)
+        except ValueError:
+            accepted.append(False)
+    meets = [all(c.holds(row[c.column], schema.columns[c.column]) for c in conds) for row in rows]
+    assert accepted == meets and any(meets) and not all(meets)
+    # the latent group of each value position is the same in both grammars
+    row = rows[int(np.argmax(meets))]
+    _, s_full = g.encode(row)
+    _, s_narrow = r.encode(row)
+    assert [g.group_of(s) for s in s_full] == [r.group_of(s) for s in s_narrow]
+
+
+def test_condition_steers_the_other_columns(tiny_kwargs):
+    """Two clusters: x small <-> label a, x large <-> label b. Conditioning on the label must move x with it
+    (the latent is steered), not just force the label beside an unconditional x."""
+    rng = np.random.default_rng(0)
+    n = 120
+    lab = rng.choice(["a", "b"], n)
+    x = np.where(lab == "a", rng.integers(0, 20, n), rng.integers(80, 100, n))
+    df = pd.DataFrame({"x": x, "label": lab})
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "max_epochs": 30, "aux_steps": 10, "learning_rate": 1e-2,
+                             "diffusion_train_steps": 300, "sample_batch_size": 32}).fit(df)
+    a = s.sample(64, random_state=0, conditions={"label": "a"})
+    b = s.sample(64, random_state=0, conditions={"label": "b"})
+    assert (a.label == "a").all() and (b.label == "b").all()
+    assert b.x.mean() - a.x.mean() > 20  # unconditional rows would give the same x for both
+
+
+def test_sample_remaining_columns_keeps_known_cells_and_fills_the_rest(fitted, mixed_df):
+    known = mixed_df.iloc[:12].copy()
+    known.index = [f"r{i}" for i in range(12)]
+    rng = np.random.default_rng(0)
+    holes = rng.random(known.shape) < 0.3
+    holes[:, 0] = False  # age always known
+    known = known.mask(holes)
+    known = known.drop(columns=["note"])  # an absent column is filled whole
+    before = known.copy()
+    out = fitted.sample_remaining_columns(known, random_state=0)
+    pd.testing.assert_frame_equal(known, before)  # the user's table is untouched
+    assert list(out.index) == list(known.index) and list(out.columns) == list(mixed_df.columns)
+    assert list(out.dtypes) == list(mixed_df.dtypes)
+    for c in known.columns:
+        m = known[c].notna()
+        assert (out.loc[m, c] == known.loc[m, c]).all(), c  # observed cells exactly as given
+    assert out.notna().all().all()  # every hole filled with a value, even in columns that had missing ones
+    stats = fitted.last_sample_stats_
+    assert stats["filled_cells"] == int(known.isna().sum().sum()) + len(known)
+    assert stats["known_cells_not_shown"] == 0
+
+
+def test_known_values_the_model_cannot_write_are_kept_but_not_shown(fitted, mixed_df):
+    known = mixed_df.iloc[:3].copy()
+    known["city"] = known["city"].astype(object)
+    known.loc[known.index[0], "city"] = "Lyon"  # never seen in training
+    known.loc[known.index[1], "age"] = 500  # outside the training range
+    known.loc[known.index[2], "income"] = np.nan
+    out = fitted.sample_remaining_columns(known, random_state=0)
+    assert out.loc[known.index[0], "city"] == "Lyon" and out.loc[known.index[1], "age"] == 500
+    assert fitted.last_sample_stats_["known_cells_not_shown"] == 2
+    with pytest.raises(ValueError, match="zip"):
+        fitted.sample_remaining_columns(known.assign(zip=1))
+
+
+def test_prescribed_values_steer_the_columns_written_after_them(tiny_kwargs):
+    """x is written before label: with x known, the label must follow x's cluster."""
+    rng = np.random.default_rng(1)
+    n = 120
+    lab = rng.choice(["a", "b"], n)
+    x = np.where(lab == "a", rng.integers(0, 20, n), rng.integers(80, 100, n))
+    df = pd.DataFrame({"x": x, "label": lab})
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "max_epochs": 30, "aux_steps": 10, "learning_rate": 1e-2,
+                             "diffusion_train_steps": 300, "sample_batch_size": 32}).fit(df)
+    known = pd.DataFrame({"x": [5] * 30 + [90] * 30, "label": [None] * 60})
+    out = s.sample_remaining_columns(known, random_state=0)
+    assert (out.x == known.x).all()
+    agree = ((out.x < 50) == (out.label == "a")).mean()
+    assert agree > 0.8
+
+
+def test_imputer_in_a_pipeline_and_clone(tiny_kwargs, mixed_df):
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from tabdifflm import DiffLMImputer
+
+    imp = DiffLMImputer(**tiny_kwargs)
+    assert clone(imp).get_params() == imp.get_params()
+    X = mixed_df.copy()
+    X.loc[X.index[::3], "income"] = np.nan
+    pipe = make_pipeline(imp, FunctionTransformer(lambda d: d[["age", "income"]].to_numpy(dtype=float)))
+    arr = pipe.fit_transform(X)
+    assert arr.shape == (len(X), 2) and np.isfinite(arr).all()
+    filled = pipe[0].transform(X)
+    assert filled.income.notna().all() and (filled.age == X.age).all()
+    assert list(pipe[0].get_feature_names_out()) == list(X.columns)
+    with pytest.raises(ValueError, match="fitted on"):
+        pipe[0].transform(X[["age", "income"]])
