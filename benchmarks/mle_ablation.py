@@ -39,6 +39,7 @@ ABLATIONS = {
     "token_loss": {"column_loss": "token"},
     "mlp_head": {"latent_head_hidden": 256},
     "aux_steps_10": {"aux_steps": 10},
+    "mlp_aux10": {"latent_head_hidden": 256, "aux_steps": 10},
 }
 
 

@@ -3,5 +3,6 @@ __version__ = "0.3.1"
 
 from .synthesizer import DiffLMSynthesizer  # noqa: E402
 from .imputer import DiffLMImputer  # noqa: E402
+from .oversampler import DiffLMOversampler  # noqa: E402
 
-__all__ = ["DiffLMImputer", "DiffLMSynthesizer", "__version__"]
+__all__ = ["DiffLMImputer", "DiffLMOversampler", "DiffLMSynthesizer", "__version__"]

@@ -299,3 +299,7 @@ class RowVAE(nn.Module):
             loss = loss + self._average(*choices, B)
         nll = torch.zeros(B, device=choices[0].device).index_add(0, choices[1], choices[0])
         return VAEOutput(loss, nll, kl)
+
+    def generate(self, z: torch.Tensor, *args, **kwargs):
+        """Rows from latents z [B, D]: :meth:`RowModel.generate`, through the same logits as training."""
+        return self.rows.generate(z, *args, **kwargs)

@@ -449,6 +449,40 @@ class DiffLMSynthesizer(BaseEstimator):
                 return build_frame(rows, self.schema_)
         raise RuntimeError(f"{len(todo)} latents gave no valid row in {self.max_sample_attempts} attempts")
 
+    def sample_near(self, X, n: int = 20, scale: float = 0.5, temperature=None, random_state=None) -> pd.DataFrame:
+        """Variations of each row of X: ``n`` rows written from latents around the row's own.
+
+        Each latent is the row's posterior mean plus ``scale`` x Gaussian noise in the prior's normalised
+        units (``scale=1`` moves a latent about as far as the spread of the training rows' latents; 0 keeps
+        it). Returns ``n`` rows per row of X, in order, indexed by the row of X they vary.
+        """
+        check_is_fitted(self)
+        if not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+        df = check_frame(X)
+        z = torch.as_tensor(self.encode(df)).repeat_interleave(int(n), 0)  # [len(X) * n, D]
+        rng = check_random_state(random_state)
+        gen = torch.Generator().manual_seed(int(rng.randint(0, 2**31 - 1)))
+        z = z + 2 * float(scale) * torch.randn(z.shape, generator=gen)  # 2: the prior's normalisation
+        out = self.decode(z.numpy(), temperature=temperature, random_state=rng)
+        out.index = df.index.repeat(int(n))
+        return out
+
+    def interpolate(self, a, b, steps: int = 8, temperature=0.0, random_state=None) -> pd.DataFrame:
+        """Rows along the straight line between the latents of two rows (one-row DataFrames ``a`` and ``b``):
+        ``steps`` rows, the first written from a's latent and the last from b's. Greedy by default
+        (``temperature=0``), so the path changes only where the latent does."""
+        check_is_fitted(self)
+        if not isinstance(steps, numbers.Integral) or steps < 2:
+            raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+        za, zb = (torch.as_tensor(self.encode(check_frame(r))) for r in (a, b))
+        if len(za) != 1 or len(zb) != 1:
+            raise ValueError(f"a and b must be one row each, got {len(za)} and {len(zb)}")
+        t = torch.linspace(0, 1, int(steps))[:, None]
+        return self.decode(((1 - t) * za + t * zb).numpy(), temperature=temperature, random_state=random_state)
+
     @quiet_unless_verbose
     def column_nll(self, X, Z=None) -> pd.DataFrame:
         """NLL in nats of each cell of X under the decoder given latents Z (default: X's own posterior means).

@@ -189,3 +189,48 @@ def test_imputer_in_a_pipeline_and_clone(tiny_kwargs, mixed_df):
     assert list(pipe[0].get_feature_names_out()) == list(X.columns)
     with pytest.raises(ValueError, match="fitted on"):
         pipe[0].transform(X[["age", "income"]])
+
+
+def test_oversampler_raises_the_minority_in_an_imblearn_pipeline(tiny_kwargs, mixed_df):
+    from imblearn.pipeline import make_pipeline
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import FunctionTransformer
+
+    from tabdifflm import DiffLMOversampler
+
+    X = mixed_df[["age", "income", "city"]]
+    y = pd.Series(np.where(np.arange(len(X)) % 5 == 0, "rare", "common"), name="label")
+    ovs = DiffLMOversampler(synthesizer=DiffLMSynthesizer(**tiny_kwargs), random_state=0)
+    assert clone(ovs).get_params()["sampling_strategy"] == "auto"
+    X_res, y_res = ovs.fit_resample(X, y)
+    assert y_res.value_counts().to_dict() == {"common": 32, "rare": 32}
+    assert list(X_res.columns) == list(X.columns) and list(X_res.dtypes) == list(X.dtypes)
+    pd.testing.assert_frame_equal(X_res.iloc[:len(X)], X.reset_index(drop=True))  # originals first, unchanged
+    half = DiffLMOversampler(sampling_strategy=0.5, synthesizer=DiffLMSynthesizer(**tiny_kwargs), random_state=0)
+    assert half.fit_resample(X, y)[1].value_counts()["rare"] == 16
+    pipe = make_pipeline(
+        DiffLMOversampler(sampling_strategy={"rare": 20}, synthesizer=DiffLMSynthesizer(**tiny_kwargs)),
+        FunctionTransformer(lambda d: d[["age", "income"]].to_numpy(dtype=float)), LogisticRegression())
+    pipe.fit(X, y)
+    assert pipe[0].sampling_strategy_ == {"rare": 12} and len(pipe.predict(X)) == len(X)
+    for bad, msg in [("most", "not one of"), ({"rare": 3}, "only adds rows"), ({"gone": 9}, "does not have")]:
+        with pytest.raises(ValueError, match=msg):
+            DiffLMOversampler(sampling_strategy=bad).fit_resample(X, y)
+
+
+def test_sample_near_and_interpolate(fitted, mixed_df):
+    rows = mixed_df.iloc[[2, 7]]
+    near = fitted.sample_near(rows, n=5, scale=0.3, random_state=0)
+    assert len(near) == 10 and list(near.index) == [2] * 5 + [7] * 5
+    assert list(near.dtypes) == list(mixed_df.dtypes)
+    same = fitted.sample_near(rows, n=3, scale=0.0, temperature=0)  # no noise, greedy: the reconstruction
+    rec = fitted.decode(fitted.encode(rows), temperature=0)
+    pd.testing.assert_frame_equal(same.iloc[[0, 3]].reset_index(drop=True), rec)
+    path = fitted.interpolate(rows.iloc[[0]], rows.iloc[[1]], steps=6)
+    assert len(path) == 6
+    pd.testing.assert_frame_equal(path.iloc[[0, 5]].reset_index(drop=True), rec)
+    with pytest.raises(ValueError, match="scale"):
+        fitted.sample_near(rows, scale=-1)
+    with pytest.raises(ValueError, match="one row each"):
+        fitted.interpolate(rows, rows.iloc[[0]])
