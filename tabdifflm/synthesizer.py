@@ -1,6 +1,7 @@
 """DiffLMSynthesizer: the scikit-learn-style estimator that ties the parts together."""
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import os
@@ -20,6 +21,8 @@ from tqdm.auto import tqdm
 
 from . import __version__, parallel
 from .conditions import parse_conditions, restrict, without_missing
+from .constraints import Constraint, FixedCombinations, Positive, broken_rows, check_constraints
+from .constraints import from_dict as constraint_from_dict
 from .decoder import DEFAULT_DECODER, fingerprint, load_decoder, quiet_unless_verbose, resolve_dtype
 from .diffusion import MLPDenoiser, sample_heun
 from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
@@ -170,6 +173,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "device": [str, torch.device],
         "validation_size": [Interval(numbers.Real, 0, 0.5, closed="neither")],
         "eval_every": _pos_int, "sample_batch_size": _pos_int, "max_sample_attempts": _pos_int,
+        "constraints": [list, tuple, Constraint, None],
         "n_jobs": [Interval(numbers.Integral, None, None, closed="neither"), None],
         "random_state": ["random_state"], "verbose": ["verbose"],
     }
@@ -181,7 +185,7 @@ class DiffLMSynthesizer(BaseEstimator):
                  batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
-                 n_jobs=None, random_state=None, verbose=True):
+                 constraints=None, n_jobs=None, random_state=None, verbose=True):
         self.encoder = encoder
         self.decoder = decoder
         self.injection = injection
@@ -213,6 +217,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.eval_every = eval_every
         self.sample_batch_size = sample_batch_size
         self.max_sample_attempts = max_sample_attempts
+        self.constraints = constraints
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -291,6 +296,12 @@ class DiffLMSynthesizer(BaseEstimator):
         n = len(df)
         if n < MIN_ROWS:
             raise ValueError(f"need at least {MIN_ROWS} rows (training plus a validation slice), got {n}")
+        cons = check_constraints(self.constraints, df.columns)
+        hit = broken_rows(cons, df)
+        if hit is not None:
+            c, bad = hit
+            raise ValueError(f"the training table breaks {c.describe()} in {len(bad)} rows, e.g. rows "
+                             f"{df.index[bad[:10]].tolist()}; fix them or drop the constraint")
         schema = infer_schema(df)
         parallel.init(self._device())
         # under torchrun every process must start from the same weights and draw the same batches
@@ -298,7 +309,9 @@ class DiffLMSynthesizer(BaseEstimator):
         # Dropout and default inits draw from torch's global RNG: seed it, without disturbing the caller's.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self._fit(df, schema, seed, t_start)
+            self._fit(df, schema, seed, t_start)
+        self.constraints_ = [c.fitted(df) for c in cons]
+        return self
 
     def _fit(self, df, schema, seed, t_start):
         n = len(df)
@@ -558,7 +571,9 @@ class DiffLMSynthesizer(BaseEstimator):
             errors = merged
         self.last_sample_stats_ = {"requested": n, "generated": generated, "valid": len(got),
                                    "first_try_valid_share": first_round_valid, "invalid_by_reason": errors,
-                                   "processes": world, "rows_this_process": here}
+                                   "processes": world, "rows_this_process": here,
+                                   "constraint_resampled_share": (errors.get("constraints", 0) / generated
+                                                                  if generated else 0.0)}
         if conds:  # share of prior rows that meet the conditions, as the latent head sees it
             self.last_sample_stats_["condition_share_in_prior"] = (
                 float(np.mean(hits)) if hits else None)
@@ -570,10 +585,12 @@ class DiffLMSynthesizer(BaseEstimator):
     def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None):
         """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share)."""
         model, grammar = self.row_model(), self._grammar
+        conds = list(conds) + self._sign_conditions({c.column for c in conds})
         if conds:
             grammar = restrict(self._grammar, conds, self._dec_tok)
             model = RowModel(self._decoder, self.injector_, grammar, self.latent_head_)
         cols = self.schema_.columns
+        rules = getattr(self, "constraints_", [])
         got, generated, errors = [], 0, {}
         first_round_valid = None
         bar = tqdm(total=n, desc="sample", disable=not self.verbose or not parallel.is_main(), dynamic_ncols=True)
@@ -586,6 +603,12 @@ class DiffLMSynthesizer(BaseEstimator):
                 k = min(self.sample_batch_size, m - s)
                 z = self._guided_latents(k, conds, gen, hits) if conds else self.sample_latents(k, generator=gen)
                 toks = model.generate(z, self.temperature, generator=gen)
+                if rules:  # business rules the grammar cannot hold: rows that break one are written again
+                    kept = self._keep_rule_abiding(toks, grammar, rules)
+                    if len(kept) < len(toks):
+                        generated += len(toks) - len(kept)
+                        errors["constraints"] = errors.get("constraints", 0) + len(toks) - len(kept)
+                    toks = kept
                 for t in toks:
                     generated += 1
                     try:
@@ -611,13 +634,13 @@ class DiffLMSynthesizer(BaseEstimator):
         return got, generated, errors, first_round_valid
 
     @quiet_unless_verbose
-    def sample_remaining_columns(self, known, random_state=None, candidates: int = 32,
+    def sample_remaining_columns(self, known, random_state=None, pool: int = 512,
                                  never_missing: bool = True) -> pd.DataFrame:
         """Fill the missing cells of ``known``: one row per row, its non-missing cells kept as they are.
 
         ``known`` is a DataFrame with some or all of the training columns (absent ones are filled whole).
-        For each row, ``candidates`` latents are drawn from the prior and one is picked with probability
-        proportional to the latent head's likelihood of the row's known cells (sampling-importance-
+        For each batch of rows, ``pool`` latents are drawn from the prior, and each row picks one with
+        probability proportional to the latent head's likelihood of its known cells (sampling-importance-
         resampling); the decoder then writes the row with the known values prescribed, so the filled cells
         follow both the latent and the values written before them. A known value the model cannot write
         (a category never seen, a number outside the training range) is kept in the output but not shown
@@ -630,8 +653,8 @@ class DiffLMSynthesizer(BaseEstimator):
         extra = [c for c in df.columns if c not in set(self.feature_names_in_)]
         if extra:
             raise ValueError(f"known has columns the model was not fitted on: {extra}")
-        if not isinstance(candidates, numbers.Integral) or candidates < 1:
-            raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+        if not isinstance(pool, numbers.Integral) or isinstance(pool, bool) or pool < 1:
+            raise ValueError(f"pool must be a positive integer, got {pool!r}")
         schema, grammar = self.schema_, self._grammar
         model = self.row_model()
         if never_missing:
@@ -671,7 +694,7 @@ class DiffLMSynthesizer(BaseEstimator):
             failed = []
             for s in range(0, len(todo), self.sample_batch_size):
                 part = todo[s:s + self.sample_batch_size]
-                z = self._latents_for_known(part, anchors, shown, candidates, gen)
+                z = self._latents_for_known(part, anchors, shown, int(pool), gen)
                 toks = model.generate(z, self.temperature, generator=gen, fixed=fixed[part])
                 for i, t in zip(part, toks):
                     try:
@@ -702,24 +725,67 @@ class DiffLMSynthesizer(BaseEstimator):
                                    "filled_cells": int((~known_mask).sum())}
         return out
 
-    def _latents_for_known(self, part, anchors, shown, candidates, gen) -> torch.Tensor:
-        """One latent per row of ``part``: ``candidates`` prior draws each, picked by the latent head's
-        likelihood of the row's shown cells (softmax over the candidates' log-likelihoods)."""
+    def _latents_for_known(self, part, anchors, shown, pool, gen) -> torch.Tensor:
+        """One latent per row of ``part``, picked from one shared pool of ``pool`` prior draws with
+        probability proportional to the latent head's likelihood of the row's shown cells (a softmax over
+        the pool of the summed log-probabilities of their tokens; the head alone, no decoder)."""
         k = len(part)
-        z = self.sample_latents(k * candidates, generator=gen)  # [k * candidates, D]
+        z = self.sample_latents(pool, generator=gen)  # [P, D]
         if self.latent_head_ is None or not shown[part].any():
-            return z.view(k, candidates, -1)[:, 0]
-        enc = [self._grammar.encode(anchors[i]) for i in part]
-        toks, sts, valid = pad_batch([e[0] for e in enc], [e[1] for e in enc], self._grammar.done)
-        rep = lambda x: x.repeat_interleave(candidates, 0)  # noqa: E731
+            return z[torch.randint(0, pool, (k,), generator=gen)]
         model = self.row_model()
+        g, dev = model.grammar, model.device
+        enc = [self._grammar.encode(anchors[i]) for i in part]
+        toks, sts, valid = (x.to(dev) for x in pad_batch([e[0] for e in enc], [e[1] for e in enc], g.done))
+        bi, ji = (valid & g.choice[sts]).nonzero(as_tuple=True)  # every choice of every row  [M]
+        st = sts[bi, ji]
+        keep = torch.as_tensor(shown[part], device=dev)[bi, g.column[st]]  # in a known cell
+        bi, st, tok = bi[keep], st[keep], g.to_local(toks[bi, ji][keep])
+        ll = torch.zeros(k, pool, device=dev)  # log p_head(shown cells of row b | z_p)
         with torch.no_grad():
-            nll, r, c = model.head_nll(z, rep(toks), rep(sts), rep(valid))
-        keep = torch.as_tensor(shown[part]).repeat_interleave(candidates, 0).to(nll.device)[r, c]  # known cells only
-        ll = -torch.zeros(k * candidates, device=nll.device).index_add(0, r, nll * keep)  # [k * candidates]
-        w = torch.softmax(ll.view(k, candidates).cpu().double(), -1)
-        pick = torch.multinomial(w, 1, generator=gen).squeeze(1)  # [k]
-        return z.view(k, candidates, -1)[torch.arange(k), pick]
+            table = model.latent_head(z.to(dev))  # [P, G, K]
+            for c in range(0, len(st), 256):  # [P, m, K] at a time
+                sl = slice(c, c + 256)
+                logits = table[:, g.group[st[sl]]].masked_fill(~g.mask(st[sl])[None], float("-inf"))
+                lp = torch.log_softmax(logits, -1).gather(2, tok[sl][None, :, None].expand(pool, -1, 1))
+                ll.index_add_(0, bi[sl], lp.squeeze(2).T)
+        pick = torch.multinomial(torch.softmax(ll.cpu().double(), -1), 1, generator=gen).squeeze(1)  # [k]
+        return z[pick]
+
+    def _sign_conditions(self, taken: set) -> list:
+        """Positive/Negative constraints as range conditions, so the grammar writes only allowed signs
+        (columns without missing values and without a condition of their own)."""
+        out = []
+        for c in getattr(self, "constraints_", []):
+            if not isinstance(c, Positive):
+                continue
+            i = list(self.feature_names_in_).index(c.column)
+            col = self.schema_.columns[i]
+            if i in taken or col.kind != "numeric" or col.has_missing:
+                continue
+            unit = 1 if col.is_int else 10.0 ** -col.decimals
+            edge = (unit if c.strict else 0) * c.sign
+            out += parse_conditions({c.column: (edge, None) if c.sign > 0 else (None, edge)}, self.schema_)
+        return out
+
+    def _keep_rule_abiding(self, toks, grammar, rules):
+        """The token rows whose decoded rows keep every constraint (undecodable rows are kept for the
+        caller to count)."""
+        decoded, idx = [], []
+        for i, t in enumerate(toks):
+            try:
+                decoded.append(grammar.decode(t))
+                idx.append(i)
+            except InvalidValue:
+                pass
+        if not decoded:
+            return toks
+        frame = build_frame(decoded, self.schema_)
+        ok = np.ones(len(frame), dtype=bool)
+        for c in rules:
+            ok &= c.holds(frame)
+        drop = {idx[j] for j in np.flatnonzero(~ok)}
+        return [t for i, t in enumerate(toks) if i not in drop]
 
     def _guided_latents(self, n: int, conds, gen, hits: list, candidates: int = 8, draws: int = 4) -> torch.Tensor:
         """n prior latents resampled by the conditions' likelihood: ``candidates`` x n latents from the prior,
@@ -767,13 +833,21 @@ class DiffLMSynthesizer(BaseEstimator):
         else:
             tensors["latent_cov"] = self.latent_cov_
         params = self.get_params()
+        rules = getattr(self, "constraints_", [])
+        params["constraints"] = [c.to_dict() for c in rules if c.to_dict() is not None] or None
+        if any(c.to_dict() is None for c in rules):
+            warnings.warn("Predicate constraints are code and are not saved with the model; after loading, pass "
+                          "them again with set_params(constraints=...)", UserWarning, stacklevel=3)
         rs = self.random_state  # the user's value; a RandomState object is not JSON: the drawn seed stands in
         params["random_state"] = None if rs is None else int(rs) if isinstance(rs, numbers.Integral) else self.seed_
         meta = {"tabdifflm_version": __version__, "params": params, "schema": self.schema_.to_dict(),
                 "decoder_ref": self.decoder_ref_, "encoder_ref": self.encoder_ref_, "history": self.history_,
                 "featurizer": self.featurizer_.to_dict() if self.featurizer_ is not None else None,
                 "seed": self.seed_, "feature_names": [str(c) for c in self.feature_names_in_],
-                "fit_seconds": self.fit_seconds_}
+                "fit_seconds": self.fit_seconds_,
+                "combinations": [[[v.item() if hasattr(v, "item") else v for v in t] for t in sorted(c.allowed, key=repr)]
+                                 if isinstance(c, FixedCombinations) else None
+                                 for c in rules if c.to_dict() is not None]}
         write_model_file(path, tensors, meta)
 
     @classmethod
@@ -787,6 +861,7 @@ class DiffLMSynthesizer(BaseEstimator):
         try:
             # files written before these parameters existed were fitted the paper's way
             params = {**LEGACY_PARAMS, **meta["params"]}
+            params["constraints"] = [constraint_from_dict(d) for d in params.get("constraints") or []] or None
             est = cls(**params)
         except (KeyError, TypeError) as e:
             raise ModelFileError(f"{path}: model parameters unreadable: {e}") from e
@@ -845,6 +920,12 @@ class DiffLMSynthesizer(BaseEstimator):
         est.n_features_in_ = len(schema)
         est.feature_names_in_ = np.asarray(schema.names, dtype=object)
         est.fit_seconds_ = meta.get("fit_seconds")
+        est.constraints_ = []
+        for c, allowed in zip(est.constraints or [], meta.get("combinations") or []):
+            c = copy.deepcopy(c)
+            if allowed is not None:
+                c.allowed = {tuple(t) for t in allowed}
+            est.constraints_.append(c)
         est._sample_gen = torch.Generator().manual_seed(seed + 1)
         return est
 
@@ -870,6 +951,9 @@ class DiffLMSynthesizer(BaseEstimator):
             self.__dict__.update(loaded.__dict__)
             self._sample_gen.set_state(state["sample_state"])
             self.__dict__.update(state["fitted"])
+            # predicates are code: not in the file, but in the pickled parameters when they pickle
+            self.constraints_ += [c for c in check_constraints(state["params"].get("constraints"), self.feature_names_in_)
+                                  if c.to_dict() is None]
         else:
             self.__dict__.update(state["params"])
         self.set_params(**state["params"])  # the user's own values (random_state as given, not the drawn seed)
