@@ -103,16 +103,22 @@ def test_restricted_grammar_accepts_exactly_the_allowed_rows(mixed_df, smol_toke
     assert [g.group_of(s) for s in s_full] == [r.group_of(s) for s in s_narrow]
 
 
-def test_condition_steers_the_other_columns(tiny_kwargs):
-    """Two clusters: x small <-> label a, x large <-> label b. Conditioning on the label must move x with it
-    (the latent is steered), not just force the label beside an unconditional x."""
+@pytest.fixture(scope="module")
+def two_clusters(tiny_kwargs):
+    """Two clusters: x small <-> label a, x large <-> label b (x is written first)."""
     rng = np.random.default_rng(0)
     n = 120
     lab = rng.choice(["a", "b"], n)
     x = np.where(lab == "a", rng.integers(0, 20, n), rng.integers(80, 100, n))
-    df = pd.DataFrame({"x": x, "label": lab})
-    s = DiffLMSynthesizer(**{**tiny_kwargs, "max_epochs": 30, "aux_steps": 10, "learning_rate": 1e-2,
-                             "diffusion_train_steps": 300, "sample_batch_size": 32}).fit(df)
+    return DiffLMSynthesizer(**{**tiny_kwargs, "max_epochs": 30, "aux_steps": 10, "learning_rate": 1e-2,
+                                "diffusion_train_steps": 300, "sample_batch_size": 32}).fit(
+        pd.DataFrame({"x": x, "label": lab}))
+
+
+def test_condition_steers_the_other_columns(two_clusters):
+    """Conditioning on the label must move x with it (the latent is steered), not just force the label
+    beside an unconditional x."""
+    s = two_clusters
     a = s.sample(64, random_state=0, conditions={"label": "a"})
     b = s.sample(64, random_state=0, conditions={"label": "b"})
     assert (a.label == "a").all() and (b.label == "b").all()
@@ -154,15 +160,9 @@ def test_known_values_the_model_cannot_write_are_kept_but_not_shown(fitted, mixe
         fitted.sample_remaining_columns(known.assign(zip=1))
 
 
-def test_prescribed_values_steer_the_columns_written_after_them(tiny_kwargs):
+def test_prescribed_values_steer_the_columns_written_after_them(two_clusters):
     """x is written before label: with x known, the label must follow x's cluster."""
-    rng = np.random.default_rng(1)
-    n = 120
-    lab = rng.choice(["a", "b"], n)
-    x = np.where(lab == "a", rng.integers(0, 20, n), rng.integers(80, 100, n))
-    df = pd.DataFrame({"x": x, "label": lab})
-    s = DiffLMSynthesizer(**{**tiny_kwargs, "max_epochs": 30, "aux_steps": 10, "learning_rate": 1e-2,
-                             "diffusion_train_steps": 300, "sample_batch_size": 32}).fit(df)
+    s = two_clusters
     known = pd.DataFrame({"x": [5] * 30 + [90] * 30, "label": [None] * 60})
     out = s.sample_remaining_columns(known, random_state=0)
     assert (out.x == known.x).all()
