@@ -37,9 +37,11 @@ ABLATIONS = {
     "no_row_features": {"row_features": False},
     "plain_numbers": {"number_format": "plain"},
     "token_loss": {"column_loss": "token"},
-    "mlp_head": {"latent_head_hidden": 256},
-    "aux_steps_10": {"aux_steps": 10},
-    "mlp_aux10": {"latent_head_hidden": 256, "aux_steps": 10},
+    # the defaults of version 0.3 and the two changes that made version 0.4's defaults, each alone and together
+    "v0.3_default": {"latent_head_hidden": 0, "aux_steps": 3},
+    "mlp_head": {"latent_head_hidden": 256, "aux_steps": 3},
+    "aux_steps_10": {"latent_head_hidden": 0, "aux_steps": 10},
+    "mlp_aux10": {"latent_head_hidden": 256, "aux_steps": 10},  # = the 0.4 defaults
 }
 
 

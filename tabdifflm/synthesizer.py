@@ -102,7 +102,8 @@ class DiffLMSynthesizer(BaseEstimator):
         choice, added to the frozen decoder's. It gives the latent a direct say over each column, so the
         latent must carry them all (the target included). False = the paper's model.
     latent_head_hidden : int
-        Width of a hidden SiLU layer in the latent head, beside its linear map (0 = linear only). A digit
+        Width of a hidden SiLU layer in the latent head, beside its linear map (0 = linear only, the
+        previous default). A digit
         after the first is not a monotone function of a number (the tens digit of 129 vs 139 vs 200), so a
         linear map of the latent can only set the leading digit of each number; the hidden layer can set them all.
     aux_weight : float
@@ -111,7 +112,7 @@ class DiffLMSynthesizer(BaseEstimator):
     aux_steps : int
         Steps on that loss after each decoder step, training the encoder head and the latent head on the
         text encoder's forward pass only. They cost no decoder pass, so the latent learns the columns far
-        faster than through the LLM alone.
+        faster than through the LLM alone. Default 10 (3 before version 0.4; measured in docs/design.md).
     row_features : bool
         Give the encoder head each value exactly (numbers as training quantiles, categories one-hot) beside
         the text encoder's pooled reading, so small but decisive columns reach the latent. False = the
@@ -180,8 +181,8 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
-                 latent_head_hidden=0, aux_weight=1.0, aux_steps=3, row_features=True, column_loss="column", max_beta=0.01,
-                 min_beta=1e-3, max_epochs=10, max_time=None,
+                 latent_head_hidden=256, aux_weight=1.0, aux_steps=10, row_features=True, column_loss="column",
+                 max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None,
                  batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
