@@ -88,60 +88,10 @@ def _versions():
 
 
 def figures(name, train, synthetic: dict, dcr_dists: dict, out_dir: Path):
-    """Per-column real vs synthetic distributions, DCR histograms, correlation-difference heatmaps."""
-    import matplotlib
+    """Per-column distributions, DCR histograms, correlation-difference heatmaps (the report's figures)."""
+    from tabdifflm.reporting import figures as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = list(train.columns)
-    methods = list(synthetic)
-    fig, axes = plt.subplots(len(cols), 1, figsize=(7, 2.2 * len(cols)))
-    for ax, c in zip(np.atleast_1d(axes), cols):
-        if pd.api.types.is_numeric_dtype(train[c]):
-            lo, hi = np.nanpercentile(train[c], [0.5, 99.5])
-            bins = np.linspace(lo, hi if hi > lo else lo + 1, 40)
-            ax.hist(train[c].dropna(), bins=bins, density=True, alpha=0.4, label="real", color="k")
-            for m in methods:
-                ax.hist(synthetic[m][c].dropna().astype(float), bins=bins, density=True, histtype="step", label=m)
-        else:
-            top = train[c].astype(str).value_counts(normalize=True).index[:12]
-            x = np.arange(len(top))
-            w = 0.8 / (len(methods) + 1)
-            ax.bar(x, train[c].astype(str).value_counts(normalize=True)[top], w, label="real", color="k", alpha=0.4)
-            for i, m in enumerate(methods, 1):
-                ax.bar(x + i * w, synthetic[m][c].astype(str).value_counts(normalize=True).reindex(top).fillna(0), w,
-                       label=m)
-            ax.set_xticks(x + 0.4, top, rotation=30, fontsize=6, ha="right")
-        ax.set_title(c, fontsize=8)
-    np.atleast_1d(axes)[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out_dir / f"{name}_columns.png", dpi=80)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for m, (d_tr, d_ho) in dcr_dists.items():
-        ax.hist(d_tr - d_ho, bins=50, histtype="step", label=m)
-    ax.axvline(0, color="k", lw=0.5)
-    ax.set_xlabel("DCR to train - DCR to holdout (< 0: closer to train)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / f"{name}_dcr.png", dpi=90)
-    plt.close(fig)
-
-    num = [c for c in cols if pd.api.types.is_numeric_dtype(train[c])]
-    if len(num) >= 2:
-        real_corr = train[num].corr().to_numpy()
-        fig, axes = plt.subplots(1, len(methods), figsize=(3 * len(methods), 3), squeeze=False)
-        for ax, m in zip(axes[0], methods):
-            diff = np.abs(synthetic[m][num].astype(float).corr().to_numpy() - real_corr)
-            ax.imshow(diff, vmin=0, vmax=1, cmap="Reds")
-            ax.set_title(f"{m}: mean {np.nanmean(diff):.3f}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.tight_layout()
-        fig.savefig(out_dir / f"{name}_corr_diff.png", dpi=90)
-        plt.close(fig)
+    draw(train, synthetic, dcr_dists, out_dir, name=name)
 
 
 def markdown(name, profile, rows) -> str:

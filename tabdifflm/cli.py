@@ -108,27 +108,24 @@ def cmd_sample(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    from .metrics import dcr, detection, fidelity, mle
+    from .reporting import evaluate, report
 
     real, syn = read_table(a.real), read_table(a.synthetic)
     missing = [c for c in real.columns if c not in syn.columns]
     if missing:
         raise CLIError(f"{a.synthetic} lacks the real table's column(s) {missing}")
-    syn = syn[list(real.columns)]
-    out = {"rows": {"real": len(real), "synthetic": len(syn)}, "fidelity": fidelity(syn, real),
-           "detection": detection(syn, real)}
-    if a.holdout:
-        out["dcr"] = dcr(syn, real, read_table(a.holdout)[list(real.columns)])
     if a.target is not None:
         if a.target not in real.columns:
             raise CLIError(f"--target {a.target!r} is not a column of {a.real}")
         if not a.test:
             raise CLIError("--target needs --test: the real rows to score the models on")
-        test = read_table(a.test)
-        task = a.task or ("regression" if pd.api.types.is_float_dtype(real[a.target]) and
-                          real[a.target].nunique() > 20 else "classification")
-        out["mle"] = {"task": task, "synthetic": mle(syn, test, a.target, task),
-                      "real": mle(real, test, a.target, task)}
+    kw = {"target": a.target, "test": read_table(a.test) if a.test else None,
+          "holdout": read_table(a.holdout) if a.holdout else None, "task": a.task}
+    if a.report:
+        out = report(real, syn, out=a.report, **kw)
+        print(f"report written to {Path(a.report) / 'report.html'}", file=sys.stderr)
+    else:
+        out = evaluate(real, syn, **kw)
     text = json.dumps(out, indent=1, default=float)
     if a.output:
         Path(a.output).write_text(text)
@@ -198,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test", help="real rows not used in fitting, to score MLE on")
     e.add_argument("--holdout", help="real rows not used in fitting, for DCR")
     e.add_argument("-o", "--output", help="write the metrics JSON here instead of standard output")
+    e.add_argument("--report", metavar="DIR", help="also write a report page (report.html, report.md, figures) here")
     e.set_defaults(func=cmd_evaluate)
 
     i = sub.add_parser("info", help="describe a model file", description="Columns, models, fit time, parameters.")

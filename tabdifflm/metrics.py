@@ -243,11 +243,11 @@ def dcr(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_holdout: pd.Data
                                                            len(real_holdout))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            tr, sy, ho = (_numpy_dtypes(f.rename(columns=str)) for f in (real_train[cols], syn, real_holdout[cols]))
             out["sdmetrics_overfitting_protection"] = float(DCROverfittingProtection.compute(
-                real_train.rename(columns=str), syn.rename(columns=str), real_holdout.rename(columns=str), meta,
-                None, num_rows_subsample=sub))
+                tr, sy, ho, meta, None, num_rows_subsample=sub))
             out["sdmetrics_baseline_protection"] = float(DCRBaselineProtection.compute(
-                real_train.rename(columns=str), syn.rename(columns=str), meta, None, num_rows_subsample=sub))
+                tr, sy, meta, None, num_rows_subsample=sub))
     except ImportError:
         pass
     return out
@@ -257,11 +257,20 @@ def detection(synthetic: pd.DataFrame, real: pd.DataFrame) -> float:
     """SDMetrics LogisticDetection: 1 - (2 * AUC - 1) of a classifier telling real from synthetic (1 = indistinguishable)."""
     from sdmetrics.single_table import LogisticDetection
 
-    real = real.rename(columns=str)
+    real = _numpy_dtypes(real.rename(columns=str))
+    syn = _numpy_dtypes(synthetic.rename(columns=str)[list(real.columns)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(LogisticDetection.compute(real, synthetic.rename(columns=str)[list(real.columns)],
-                                               sdmetrics_metadata(real)))
+        return float(LogisticDetection.compute(real, syn, sdmetrics_metadata(real)))
+
+
+def _numpy_dtypes(df: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integer columns as float (SDMetrics' detection writes fractions into its columns)."""
+    out = df.copy()
+    for c in out.columns:
+        if isinstance(out[c].dtype, pd.api.extensions.ExtensionDtype) and pd.api.types.is_integer_dtype(out[c]):
+            out[c] = out[c].astype("float64")
+    return out
 
 
 def target_associations(df: pd.DataFrame, target, task: str) -> dict:

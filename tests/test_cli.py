@@ -36,9 +36,10 @@ def test_fit_sample_evaluate_info(adult_csv, tiny_args, adult_small, capsys):
     assert len(syn) == 25 and list(syn.columns) == list(adult_small.columns)
     capsys.readouterr()
     assert main(["evaluate", str(adult_csv / "train.csv"), str(adult_csv / "syn.parquet"),
-                 "--holdout", str(adult_csv / "test.csv")]) == 0
+                 "--holdout", str(adult_csv / "test.csv"), "--report", str(adult_csv / "rep")]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0 <= metrics["fidelity"]["column_shapes"] <= 1 and 0 <= metrics["dcr"]["share_closer_to_train"] <= 1
+    assert (adult_csv / "rep" / "report.html").exists() and (adult_csv / "rep" / "report_columns.png").exists()
     assert main(["info", str(model)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in info["columns"]] == list(adult_small.columns)
@@ -75,3 +76,27 @@ def test_help_and_usage_errors_from_a_fresh_process():
     assert out.returncode == 0 and "fit" in out.stdout and "sample" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "tabdifflm.cli", "sample"], capture_output=True, text=True)
     assert bad.returncode == 2 and "required" in bad.stderr
+
+
+def test_report_writes_a_page_with_its_figures(tmp_path, mixed_df):
+    """tabdifflm.report: metrics, an HTML and a Markdown page that show every figure they name."""
+    import re
+
+    from tabdifflm import report
+
+    real = mixed_df.iloc[:30].reset_index(drop=True)
+    syn = mixed_df.iloc[10:40].sample(frac=1.0, random_state=0).reset_index(drop=True)
+    test = mixed_df.iloc[::2].reset_index(drop=True)
+    res = report(real, syn, target="member", test=test, holdout=mixed_df.iloc[30:].reset_index(drop=True),
+                 out=tmp_path / "rep")
+    page = (tmp_path / "rep" / "report.html").read_text()
+    imgs = re.findall(r"<img src='([^']+)'", page)
+    assert {"report_columns.png", "report_corr_diff.png", "report_dcr.png"} <= set(imgs)
+    assert all((tmp_path / "rep" / i).stat().st_size > 1000 for i in imgs)
+    assert "Column Shapes" in page and "MLE roc_auc" in page and "Association of each feature" in page
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "![report_columns](report_columns.png)" in md
+    assert 0 <= res["fidelity"]["column_shapes"] <= 1 and "share_closer_to_train" in res["dcr"]
+    assert set(res["mle"]) == {"synthetic", "real"}
+    with pytest.raises(ValueError, match="nope"):
+        report(real, syn, target="nope", out=tmp_path / "x")
