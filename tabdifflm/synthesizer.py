@@ -604,12 +604,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 k = min(self.sample_batch_size, m - s)
                 z = self._guided_latents(k, conds, gen, hits) if conds else self.sample_latents(k, generator=gen)
                 toks = model.generate(z, self.temperature, generator=gen)
-                if rules:  # business rules the grammar cannot hold: rows that break one are written again
-                    kept = self._keep_rule_abiding(toks, grammar, rules)
-                    if len(kept) < len(toks):
-                        generated += len(toks) - len(kept)
-                        errors["constraints"] = errors.get("constraints", 0) + len(toks) - len(kept)
-                    toks = kept
+                rows = []
                 for t in toks:
                     generated += 1
                     try:
@@ -623,6 +618,13 @@ class DiffLMSynthesizer(BaseEstimator):
                         key = f"condition {broken.describe()}"
                         errors[key] = errors.get(key, 0) + 1
                         continue
+                    rows.append(row)
+                if rules and rows:  # business rules the grammar cannot hold: rows that break one are written again
+                    ok = self._rule_abiding(rows, rules)
+                    if not ok.all():
+                        errors["constraints"] = errors.get("constraints", 0) + int((~ok).sum())
+                        rows = [r for r, keep in zip(rows, ok) if keep]
+                for row in rows:
                     round_valid += 1
                     if len(got) < n:
                         got.append(row)
@@ -769,24 +771,13 @@ class DiffLMSynthesizer(BaseEstimator):
             out += parse_conditions({c.column: (edge, None) if c.sign > 0 else (None, edge)}, self.schema_)
         return out
 
-    def _keep_rule_abiding(self, toks, grammar, rules):
-        """The token rows whose decoded rows keep every constraint (undecodable rows are kept for the
-        caller to count)."""
-        decoded, idx = [], []
-        for i, t in enumerate(toks):
-            try:
-                decoded.append(grammar.decode(t))
-                idx.append(i)
-            except InvalidValue:
-                pass
-        if not decoded:
-            return toks
-        frame = build_frame(decoded, self.schema_)
+    def _rule_abiding(self, rows: list, rules) -> np.ndarray:
+        """Which decoded rows (schema order) keep every constraint: bool [len(rows)]."""
+        frame = build_frame(rows, self.schema_)
         ok = np.ones(len(frame), dtype=bool)
         for c in rules:
             ok &= c.holds(frame)
-        drop = {idx[j] for j in np.flatnonzero(~ok)}
-        return [t for i, t in enumerate(toks) if i not in drop]
+        return ok
 
     def _guided_latents(self, n: int, conds, gen, hits: list, candidates: int = 8, draws: int = 4) -> torch.Tensor:
         """n prior latents resampled by the conditions' likelihood: ``candidates`` x n latents from the prior,
