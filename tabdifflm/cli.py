@@ -80,6 +80,13 @@ def cmd_fit(a) -> None:
     if unknown:
         raise CLIError(f"unknown parameter(s) {unknown}; the parameters are listed by "
                        "`python -m pydoc tabdifflm.DiffLMSynthesizer`")
+    if a.metadata:
+        try:
+            params["metadata"] = json.loads(Path(a.metadata).read_text())
+        except FileNotFoundError:
+            raise CLIError(f"--metadata: no file {a.metadata}") from None
+        except json.JSONDecodeError as e:
+            raise CLIError(f"--metadata: {a.metadata} is not JSON ({e})") from None
     if a.drop:
         missing = [c for c in a.drop if c not in df.columns]
         if missing:
@@ -164,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=int, help="VAE epochs (max_epochs)")
     f.add_argument("--seed", type=int, default=0, help="random_state (default 0: the same file gives the same model)")
     f.add_argument("--drop", nargs="+", metavar="COLUMN", help="columns to leave out (ids, free text)")
+    f.add_argument("--metadata", metavar="JSON", help="column types where inference guesses wrong: SDV's metadata.json "
+                   "or {column: sdtype} (categorical, numerical, datetime, id, drop)")
     f.add_argument("--encoder", help="text encoder: Hugging Face id or folder (default: packaged MiniLM)")
     f.add_argument("--decoder", help="decoder LLM: Hugging Face id, folder or .gguf (default: packaged SmolLM2)")
     f.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: auto)")

@@ -112,7 +112,7 @@ def _py(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _infer_column(name, s: pd.Series) -> ColumnSpec:
+def _infer_column(name, s: pd.Series, kind: str | None = None) -> ColumnSpec:
     dtype = s.dtype
     missing = s.isna()
     if missing.all():
@@ -125,7 +125,11 @@ def _infer_column(name, s: pd.Series) -> ColumnSpec:
     if pd.api.types.is_timedelta64_dtype(dtype) or isinstance(dtype, (pd.PeriodDtype, pd.IntervalDtype)):
         raise TypeError(f"column {name!r} has unsupported dtype {dtype}")
 
-    if pd.api.types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype) or \
+    if kind == "categorical" and pd.api.types.is_datetime64_any_dtype(dtype):
+        raise TypeError(f"column {name!r} holds datetimes; declare it 'datetime', not 'categorical'")
+    if kind == "numerical" and not pd.api.types.is_numeric_dtype(dtype):
+        raise TypeError(f"column {name!r} is declared numerical but has dtype {dtype}")
+    if pd.api.types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype) or kind == "categorical" or \
             pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
         cats, seen = [], set()
         for v in present:
@@ -183,10 +187,15 @@ def _infer_column(name, s: pd.Series) -> ColumnSpec:
     raise TypeError(f"column {name!r} has unsupported dtype {dtype}")
 
 
-def infer_schema(df: pd.DataFrame) -> Schema:
-    """Infer a :class:`Schema` from a DataFrame (checked with :func:`check_frame` first)."""
+def infer_schema(df: pd.DataFrame, kinds: dict | None = None) -> Schema:
+    """Infer a :class:`Schema` from a DataFrame (checked with :func:`check_frame` first).
+
+    ``kinds`` {column: "categorical" | "numerical" | "datetime"} overrides what the dtype says, e.g. integer
+    codes learnt as categories (the output keeps their dtype).
+    """
     df = check_frame(df)
-    return Schema([_infer_column(name, df[name]) for name in df.columns])
+    kinds = kinds or {}
+    return Schema([_infer_column(name, df[name], kinds.get(name)) for name in df.columns])
 
 
 def build_frame(rows: list, schema: Schema) -> pd.DataFrame:
@@ -225,9 +234,28 @@ def build_frame(rows: list, schema: Schema) -> pd.DataFrame:
                 out[c.name] = pd.Categorical(vals, categories=_categories_of(c), ordered=c.ordered)
             elif c.dtype.startswith("string"):
                 out[c.name] = pd.array([None if v is None else v for v in vals], dtype=c.dtype)
+            elif c.dtype in _NUMERIC_DTYPES:  # numeric codes learnt as categories
+                out[c.name] = _numeric_codes(vals, c.dtype)
             else:
                 out[c.name] = np.array([np.nan if v is None else v for v in vals] if n else [], dtype=object)
     return pd.DataFrame(out, columns=schema.names)
+
+
+_NUMERIC_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
+                   "float64", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32",
+                   "Float64"}
+
+
+def _numeric_codes(vals: list, dtype: str):
+    """Categories that are numbers, back in their column's dtype (a missing value turns numpy ints into the
+    nullable Int64 and leaves floats as NaN)."""
+    if dtype[0] in "IUF":
+        return pd.array(vals, dtype=dtype)
+    if None not in vals:
+        return np.array(vals, dtype=dtype)
+    if dtype.startswith(("int", "uint")):
+        return pd.array(vals, dtype="Int64")
+    return np.array([np.nan if v is None else v for v in vals], dtype=dtype)
 
 
 def _categories_of(c: ColumnSpec) -> list:

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
@@ -29,6 +29,7 @@ from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
 from .features import RowFeaturizer
 from .grammar import END, InvalidValue, RowGrammar
 from .injection import METHODS, Injector
+from .metadata import Layout, parse_metadata
 from .model import LatentLogitHead, RowModel, RowVAE
 from .persistence import ModelFileError, read_model_file, write_model_file
 from .schema import Schema, build_frame, check_frame, frame_rows, infer_schema
@@ -138,6 +139,12 @@ class DiffLMSynthesizer(BaseEstimator):
     validation_size : float
         Share of the training rows held out for the beta schedule and checkpoint choice.
     sample_batch_size : int, max_sample_attempts : int
+    metadata : dict, SDV metadata or None
+        Column types where inference guesses wrong, in SDV's vocabulary (SDV's metadata dict or object
+        works as it is): ``{"zip": "categorical"}`` learns integer codes as categories, ``"id"`` (or SDV's
+        ``primary_key``) columns get new unique keys instead of being learnt, ``"drop"`` keeps a column
+        out, ``"numerical"``/``"datetime"`` (with ``datetime_format``) read numbers and dates held as text.
+        See :mod:`tabdifflm.metadata`.
     n_jobs : int or None
         Torch threads while fitting and sampling (None: torch's default, one per core; -1 all cores, -2
         all but one). Lower it on a shared machine or when several fits run side by side.
@@ -175,6 +182,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "validation_size": [Interval(numbers.Real, 0, 0.5, closed="neither")],
         "eval_every": _pos_int, "sample_batch_size": _pos_int, "max_sample_attempts": _pos_int,
         "constraints": [list, tuple, Constraint, None],
+        "metadata": [dict, HasMethods(["to_dict"]), None],
         "n_jobs": [Interval(numbers.Integral, None, None, closed="neither"), None],
         "random_state": ["random_state"], "verbose": ["verbose"],
     }
@@ -186,7 +194,7 @@ class DiffLMSynthesizer(BaseEstimator):
                  batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
-                 constraints=None, n_jobs=None, random_state=None, verbose=True):
+                 constraints=None, metadata=None, n_jobs=None, random_state=None, verbose=True):
         self.encoder = encoder
         self.decoder = decoder
         self.injection = injection
@@ -219,6 +227,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.sample_batch_size = sample_batch_size
         self.max_sample_attempts = max_sample_attempts
         self.constraints = constraints
+        self.metadata = metadata
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
@@ -297,13 +306,15 @@ class DiffLMSynthesizer(BaseEstimator):
         n = len(df)
         if n < MIN_ROWS:
             raise ValueError(f"need at least {MIN_ROWS} rows (training plus a validation slice), got {n}")
+        layout = Layout.fit(df, self.metadata)
+        user_columns, df = list(df.columns), layout.model_frame(df)  # ids and dropped columns out, types as declared
         cons = check_constraints(self.constraints, df.columns)
         hit = broken_rows(cons, df)
         if hit is not None:
             c, bad = hit
             raise ValueError(f"the training table breaks {c.describe()} in {len(bad)} rows, e.g. rows "
                              f"{df.index[bad[:10]].tolist()}; fix them or drop the constraint")
-        schema = infer_schema(df)
+        schema = infer_schema(df, layout.kinds)
         parallel.init(self._device())
         # under torchrun every process must start from the same weights and draw the same batches
         seed = parallel.broadcast_int(int(check_random_state(self.random_state).randint(0, 2**31 - 1)))
@@ -312,6 +323,9 @@ class DiffLMSynthesizer(BaseEstimator):
             torch.manual_seed(seed)
             self._fit(df, schema, seed, t_start)
         self.constraints_ = [c.fitted(df) for c in cons]
+        self.layout_ = layout
+        self.n_features_in_ = len(user_columns)
+        self.feature_names_in_ = np.asarray(user_columns, dtype=object)
         return self
 
     def _fit(self, df, schema, seed, t_start):
@@ -322,15 +336,22 @@ class DiffLMSynthesizer(BaseEstimator):
         encoder, injector, head, dec_ref, enc_ref = self._setup(
             schema, seed, encoder_weights=True, n_features=featurizer.n_features if featurizer else 0)
         grammar = self._grammar
-        enc_texts = [encoder_text(schema, r) for r in rows]
-        toks, states = zip(*(grammar.encode(r) for r in rows))
-        data = VAEData(self._enc_tok, enc_texts, list(toks), list(states), grammar.done,
+        budget = math.inf if self.max_time is None else float(self.max_time)
+        enc_texts, toks, states = [], [], []
+        for i, r in enumerate(rows):
+            if i % 64 == 0:  # long texts can make preparation alone outlast the budget: stop at half of it
+                self._check_preparation(t_start, budget, i, n)
+            enc_texts.append(encoder_text(schema, r))
+            t, q = grammar.encode(r)
+            toks.append(t)
+            states.append(q)
+        data = VAEData(self._enc_tok, enc_texts, toks, states, grammar.done,
                        features=featurizer.transform(rows) if featurizer else None)
+        self._check_preparation(t_start, budget, n, n)
 
         n_val = int(min(max(2, round(self.validation_size * n)), 256))
         perm = torch.randperm(n, generator=gen)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
-        budget = math.inf if self.max_time is None else float(self.max_time)
         # Reserve what the diffusion stage needs (timed here, at most 40 % of the budget) and the encoding
         # of every row, so a tight budget still trains the prior instead of leaving it untrained.
         reserve = 0.0
@@ -371,13 +392,24 @@ class DiffLMSynthesizer(BaseEstimator):
         self.encoder_ref_ = enc_ref
         self.history_ = history
         self.seed_ = seed
-        self.n_features_in_ = df.shape[1]
-        self.feature_names_in_ = np.asarray(df.columns, dtype=object)
         self.tokens_per_row_ = float(np.mean([len(t) for t in toks]))
         self.choices_per_row_ = float(np.mean([sum(grammar.n_choices(q) > 1 for q in st) for st in states]))
         self.fit_seconds_ = time.monotonic() - t_start
         self._sample_gen = torch.Generator().manual_seed(seed + 1)
         return self
+
+    @staticmethod
+    def _check_preparation(t_start: float, budget: float, done: int, n: int) -> None:
+        """Raise once loading the models and preparing the rows has used half of ``max_time``: the rest is
+        the least that training needs, and an overrun would break the budget the user set."""
+        spent = time.monotonic() - t_start
+        if spent <= 0.5 * budget:
+            return
+        need = spent if done >= n else spent * n / max(done, 1)
+        raise ValueError(f"max_time={budget:g} s is too short for this table: loading the models and preparing "
+                         f"{done} of {n} rows took {spent:.1f} s, more than half the budget (all rows: about "
+                         f"{need:.0f} s). Raise max_time to at least {max(4 * need, budget + 1):.0f} s, or "
+                         "shorten long text columns")
 
     @torch.no_grad()
     def _encode_means(self, encoder, data: VAEData, batch: int = 64) -> torch.Tensor:
@@ -401,8 +433,8 @@ class DiffLMSynthesizer(BaseEstimator):
         return zn.cpu() * 2 + self.latent_mean_
 
     def _rows_of(self, X) -> list[list]:
-        df = check_frame(X)
-        missing = [c for c in self.feature_names_in_ if c not in df.columns]
+        df = self.layout_.model_frame(check_frame(X))
+        missing = [c for c in self.schema_.names if c not in df.columns]
         if missing:
             raise ValueError(f"X lacks the training columns {missing}")
         return frame_rows(df, self.schema_)
@@ -460,7 +492,7 @@ class DiffLMSynthesizer(BaseEstimator):
                         pass
             todo = [i for i in todo if rows[i] is None]
             if not todo:
-                return build_frame(rows, self.schema_)
+                return self.layout_.restore(build_frame(rows, self.schema_))
         raise RuntimeError(f"{len(todo)} latents gave no valid row in {self.max_sample_attempts} attempts")
 
     def sample_near(self, X, n: int = 20, scale: float = 0.5, temperature=None, random_state=None) -> pd.DataFrame:
@@ -524,7 +556,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 toks, sts, valid = pad_batch([e[0] for e in part], [e[1] for e in part], self._grammar.done)
                 nll, r, c = model(z[s:s + 64].to(dev), toks, sts, valid)
                 np.add.at(out, (r.cpu().numpy() + s, c.cpu().numpy()), nll.double().cpu().numpy())
-        return pd.DataFrame(out, columns=self.feature_names_in_, index=getattr(X, "index", None))
+        return pd.DataFrame(out, columns=self.schema_.names, index=getattr(X, "index", None))
 
     @quiet_unless_verbose
     def sample(self, n_samples, random_state=None, conditions=None) -> pd.DataFrame:
@@ -581,7 +613,7 @@ class DiffLMSynthesizer(BaseEstimator):
         if len(got) < n:
             raise RuntimeError(f"only {len(got)} of {n} rows were valid after {self.max_sample_attempts} rounds "
                                f"({generated} generated); invalid values by column: {errors}")
-        return build_frame(got, self.schema_)
+        return self.layout_.restore(build_frame(got, self.schema_))
 
     def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None):
         """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share)."""
@@ -652,10 +684,11 @@ class DiffLMSynthesizer(BaseEstimator):
         Returns a DataFrame with the training columns and dtypes and ``known``'s index.
         """
         check_is_fitted(self)
-        df = check_frame(known)
-        extra = [c for c in df.columns if c not in set(self.feature_names_in_)]
+        user = check_frame(known)
+        extra = [c for c in user.columns if c not in set(self.feature_names_in_)]
         if extra:
             raise ValueError(f"known has columns the model was not fitted on: {extra}")
+        df = self.layout_.model_frame(user)  # key and dropped columns are passed through, not modelled
         if not isinstance(pool, numbers.Integral) or isinstance(pool, bool) or pool < 1:
             raise ValueError(f"pool must be a positive integer, got {pool!r}")
         schema, grammar = self.schema_, self._grammar
@@ -726,7 +759,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.last_sample_stats_ = {"requested": len(rows), "known_cells": int(known_mask.sum()),
                                    "known_cells_not_shown": int((known_mask & ~shown).sum()),
                                    "filled_cells": int((~known_mask).sum())}
-        return out
+        return self.layout_.restore(out, known=user)
 
     def _latents_for_known(self, part, anchors, shown, pool, gen) -> torch.Tensor:
         """One latent per row of ``part``, picked from one shared pool of ``pool`` prior draws with
@@ -762,7 +795,7 @@ class DiffLMSynthesizer(BaseEstimator):
         for c in getattr(self, "constraints_", []):
             if not isinstance(c, Positive):
                 continue
-            i = list(self.feature_names_in_).index(c.column)
+            i = self.schema_.names.index(c.column)
             col = self.schema_.columns[i]
             if i in taken or col.kind != "numeric" or col.has_missing:
                 continue
@@ -832,7 +865,9 @@ class DiffLMSynthesizer(BaseEstimator):
                           "them again with set_params(constraints=...)", UserWarning, stacklevel=3)
         rs = self.random_state  # the user's value; a RandomState object is not JSON: the drawn seed stands in
         params["random_state"] = None if rs is None else int(rs) if isinstance(rs, numbers.Integral) else self.seed_
+        params["metadata"] = parse_metadata(self.metadata, self.feature_names_in_) or None  # SDV objects: as a dict
         meta = {"tabdifflm_version": __version__, "params": params, "schema": self.schema_.to_dict(),
+                "layout": self.layout_.to_dict(),
                 "decoder_ref": self.decoder_ref_, "encoder_ref": self.encoder_ref_, "history": self.history_,
                 "featurizer": self.featurizer_.to_dict() if self.featurizer_ is not None else None,
                 "seed": self.seed_, "feature_names": [str(c) for c in self.feature_names_in_],
@@ -909,8 +944,12 @@ class DiffLMSynthesizer(BaseEstimator):
         est.encoder_ref_ = meta["encoder_ref"]
         est.history_ = meta["history"]
         est.seed_ = seed
-        est.n_features_in_ = len(schema)
-        est.feature_names_in_ = np.asarray(schema.names, dtype=object)
+        try:
+            est.layout_ = Layout.from_dict(meta["layout"]) if "layout" in meta else Layout.identity(schema.names)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{path}: the column layout is damaged ({type(e).__name__}: {e})") from e
+        est.n_features_in_ = len(est.layout_.all_columns)
+        est.feature_names_in_ = np.asarray(est.layout_.all_columns, dtype=object)
         est.fit_seconds_ = meta.get("fit_seconds")
         est.constraints_ = []
         for c, allowed in zip(est.constraints or [], meta.get("combinations") or []):

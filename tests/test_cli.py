@@ -55,7 +55,26 @@ def test_sample_to_stdout_is_csv(adult_csv, tiny_args, capsys):
     assert len(lines) == 5  # header + 4 rows
 
 
+def test_fit_takes_sdv_metadata_json(adult_csv, tiny_args, adult_small, capsys):
+    meta = {"METADATA_SPEC_VERSION": "SINGLE_TABLE_V1",
+            "columns": {"education-num": {"sdtype": "categorical"}, "fnlwgt": {"sdtype": "drop"}}}
+    (adult_csv / "metadata.json").write_text(json.dumps(meta))
+    model = adult_csv / "m3.tdl"
+    assert main(["fit", str(adult_csv / "train.csv"), "-o", str(model), "--metadata",
+                 str(adult_csv / "metadata.json"), *tiny_args]) == 0
+    assert main(["sample", str(model), "-n", "20", "-o", str(adult_csv / "syn3.csv"), "-q"]) == 0
+    syn = pd.read_csv(adult_csv / "syn3.csv")
+    assert list(syn.columns) == [c for c in adult_small.columns if c != "fnlwgt"]
+    assert set(syn["education-num"]) <= set(adult_small["education-num"].iloc[:60])  # codes, not new numbers
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    kinds = {c["name"]: c["kind"] for c in json.loads(capsys.readouterr().out)["columns"]}
+    assert kinds["education-num"] == "categorical" and "fnlwgt" not in kinds
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["fit", "{train}", "-o", "m.tdl", "--metadata", "nowhere.json"], "--metadata: no file nowhere.json"),
+    (["fit", "{train}", "-o", "m.tdl", "--metadata", "{bad_meta}"], "columns the table does not have: ['salary']"),
     (["fit", "nowhere.csv", "-o", "m.tdl"], "no file at nowhere.csv"),
     (["sample", "nowhere.tdl", "-n", "3", "-o", "x.csv"], "no model file"),
     (["fit", "{train}", "-o", "m.tdl", "--param", "latent_dim"], "name=value"),
@@ -65,7 +84,9 @@ def test_sample_to_stdout_is_csv(adult_csv, tiny_args, capsys):
     (["evaluate", "{train}", "{train}", "--target", "nope", "--test", "{train}"], "--target 'nope'"),
 ])
 def test_errors_exit_1_with_one_line_that_says_why(adult_csv, argv, message, capsys):
-    argv = [a.replace("{train}", str(adult_csv / "train.csv")) for a in argv]
+    (adult_csv / "bad_meta.json").write_text(json.dumps({"salary": "numerical"}))
+    argv = [a.replace("{train}", str(adult_csv / "train.csv")).replace("{bad_meta}", str(adult_csv / "bad_meta.json"))
+            for a in argv]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and err.startswith("tabdifflm ")
