@@ -1,5 +1,12 @@
 """Defects a daily user meets (issue 10): each test failed before its fix."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
 from tabdifflm import DiffLMSynthesizer
+from tabdifflm.persistence import ModelFileError, read_model_file, write_model_file
 
 
 def test_sample_streams_latents_a_batch_at_a_time(tiny_kwargs, mixed_df):
@@ -30,12 +37,6 @@ def test_sampling_builds_no_autograd_graph(tiny_kwargs, mixed_df):
         hook.remove()
     assert seen and not any(seen)
 
-
-import math
-
-import pytest
-
-from tabdifflm.persistence import ModelFileError, read_model_file, write_model_file
 
 
 @pytest.mark.parametrize("kwargs, names", [
@@ -232,3 +233,14 @@ def test_dates_spread_over_the_span_and_keep_sub_seconds(tiny_kwargs):
     at_bounds = ((out == t.min()) | (out == t.max())).mean()
     assert at_bounds < 0.2 and out.nunique() > 20
     assert (out.dt.microsecond != 0).mean() > 0.25  # truncated sub-seconds gave 0
+
+
+def test_a_budget_too_short_for_preparing_the_rows_is_an_error_not_an_overrun(tiny_kwargs):
+    """Defect 5: with long texts, loading and preparing the rows took 53 s of a 5 s budget, then the fit went
+    on. Preparation now stops at half of max_time with an error that says what the table needs."""
+    rng = np.random.default_rng(0)
+    words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta"])
+    df = pd.DataFrame({"text": [" ".join(rng.choice(words, 300)) for _ in range(300)],
+                       "x": rng.normal(size=300).round(2)})
+    with pytest.raises(ValueError, match=r"max_time=0.2 s is too short for this table: .* Raise max_time"):
+        DiffLMSynthesizer(**{**tiny_kwargs, "max_time": 0.2}).fit(df)
