@@ -9,6 +9,8 @@ def _difflm(train: pd.DataFrame, budget_s: float, seed: int, **kw):
 
     s = DiffLMSynthesizer(random_state=seed, max_time=budget_s, max_epochs=kw.get("epochs", 1000), verbose=False)
     s.fit(train)
+    if kw.get("save_path"):  # kept for sampling-time studies (benchmarks/sampling_sweep.py)
+        s.save(kw["save_path"])
 
     def sample(n):
         out = s.sample(n)

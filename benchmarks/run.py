@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tabdifflm.datasets import load_benchmark
-from tabdifflm.metrics import dcr, dcr_distances, detection, fidelity, mle, target_associations
+from tabdifflm.metrics import dcr, dcr_distances, detection, fidelity, mle, privacy_risks, target_associations
 
 from .methods import METHODS
 
@@ -36,10 +36,10 @@ PROFILES = {
 }
 
 
-def _worker(method, train, n, budget_s, seed, epochs, q):
+def _worker(method, train, n, budget_s, seed, epochs, q, save_path=None):
     try:
         t = time.monotonic()
-        sampler = METHODS[method](train, budget_s, seed, epochs=epochs)
+        sampler = METHODS[method](train, budget_s, seed, epochs=epochs, save_path=save_path)
         fit_s = time.monotonic() - t
         t = time.monotonic()
         syn, first_try = sampler(n)
@@ -51,10 +51,10 @@ def _worker(method, train, n, budget_s, seed, epochs, q):
         q.put({"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
 
 
-def run_method(method, train, n, budget_s, seed, epochs, timeout_s):
+def run_method(method, train, n, budget_s, seed, epochs, timeout_s, save_path=None):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_worker, args=(method, train, n, budget_s, seed, epochs, q))
+    p = ctx.Process(target=_worker, args=(method, train, n, budget_s, seed, epochs, q, save_path))
     p.start()
     try:
         res = q.get(timeout=timeout_s)
@@ -135,21 +135,65 @@ def association_table(real: dict, rows: list, target) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_dataset(name, methods, profile, seed=0, merge=False):
+def privacy_table(rows: list) -> str:
+    """Anonymeter's risks per method, where they were measured."""
+    runs = [r for r in rows if r.get("status") == "ok" and "error" not in r.get("privacy", {"error": ""})]
+    if not runs:
+        return ""
+
+    def cell(p):
+        return "n/a" if "error" in p else f"{p['risk']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
+    p0 = runs[0]["privacy"]
+    lines = [f"Attack-based privacy risks (anonymeter, {p0['n_attacks']} attacks on the training rows, the holdout "
+             "as control rows; risk with its 95 % interval, 0 = no leak):", "",
+             f"| method | singling out | linkability | inference ({p0['secret']}) |", "|---|---|---|---|"]
+    lines += [f"| {r['method']} | {cell(r['privacy']['singling_out'])} | {cell(r['privacy']['linkability'])} | "
+              f"{cell(r['privacy']['inference'])} |" for r in runs]
+    missing = [r["method"] for r in rows if r.get("status") == "ok" and r not in runs]
+    if missing:
+        lines += ["", f"Not measured for {', '.join(missing)} (rows from runs made before the privacy metrics)."]
+    return "\n".join(lines) + "\n"
+
+
+def split(name, profile, seed=0):
+    """The profile's (dataset, train, holdout): the rows every method fits on, and the DCR holdout."""
     cfg = PROFILES[profile]
     ds = load_benchmark(name)
     pool = ds.train.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     if cfg["train_rows"]:
         pool = pool.iloc[:2 * cfg["train_rows"]]
     half = len(pool) // 2
-    train, holdout = pool.iloc[:half].reset_index(drop=True), pool.iloc[half:2 * half].reset_index(drop=True)
+    return ds, pool.iloc[:half].reset_index(drop=True), pool.iloc[half:2 * half].reset_index(drop=True)
+
+
+def score(syn, ds, train, holdout, mle_seeds, distances=None) -> dict:
+    """Every metric of one synthetic table (MLE on the real test set, fidelity, DCR, detection, associations)."""
+    distances = dcr_distances(syn, train, holdout) if distances is None else distances
+    out = {"mle": mle(syn, ds.test, ds.target, ds.task, seeds=tuple(range(mle_seeds))),
+           "fidelity": fidelity(syn, train), "dcr": dcr(syn, train, holdout, distances=distances),
+           "detection": detection(syn, train), "target_association": target_associations(syn, ds.target, ds.task)}
+    try:  # anonymeter's attacks, the holdout as control rows (an optional extra)
+        out["privacy"] = privacy_risks(syn, train, holdout, secret=ds.target)
+    except ImportError as e:
+        out["privacy"] = {"error": str(e)}
+    return out
+
+
+def run_dataset(name, methods, profile, seed=0, merge=False, save_models=None):
+    cfg = PROFILES[profile]
+    ds, train, holdout = split(name, profile, seed)
     out_dir = RESULTS / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, synthetic, dists = [], {}, {}
     for method in methods:
         budget = cfg["budget_s"].get(method, cfg["budget_s"]["default"])
         print(f"[{name}] {method}: fitting on {len(train)} rows, budget {budget} s", flush=True)
-        res = run_method(method, train, len(train), budget, seed, cfg["epochs"], timeout_s=3 * budget + 600)
+        save_path = None
+        if save_models and method == "difflm":
+            Path(save_models).mkdir(parents=True, exist_ok=True)
+            save_path = str(Path(save_models) / f"{name}_{profile}_seed{seed}.tdl")
+        res = run_method(method, train, len(train), budget, seed, cfg["epochs"], timeout_s=3 * budget + 600,
+                         save_path=save_path)
         rec = {"method": method, "budget_s": budget, "seed": seed, "train_rows": len(train)}
         if not res["ok"]:
             rec.update(status="failed", error=res["error"], traceback=res.get("traceback"))
@@ -162,11 +206,7 @@ def run_dataset(name, methods, profile, seed=0, merge=False):
                    first_try_valid_share=res["first_try_valid_share"], valid_share=valid_share(syn, train))
         try:
             dists[method] = dcr_distances(syn, train, holdout)  # computed once: for the metric and the figure
-            rec["mle"] = mle(syn, ds.test, ds.target, ds.task, seeds=tuple(range(cfg["mle_seeds"])))
-            rec["fidelity"] = fidelity(syn, train)
-            rec["dcr"] = dcr(syn, train, holdout, distances=dists[method])
-            rec["detection"] = detection(syn, train)
-            rec["target_association"] = target_associations(syn, ds.target, ds.task)
+            rec.update(score(syn, ds, train, holdout, cfg["mle_seeds"], distances=dists[method]))
         except Exception as e:  # a metric failing on one method's output is that method's failure
             rec.update(status="failed", error=f"metrics: {type(e).__name__}: {e}")
         synthetic[method] = syn
@@ -186,7 +226,8 @@ def run_dataset(name, methods, profile, seed=0, merge=False):
             suffix = "_" + "_".join(methods)
     path.write_text(json.dumps(result, indent=1, default=float))
     (out_dir / f"{name}.md").write_text(markdown(name, profile, rows) + "\n" +
-                                        association_table(result["target_association_train"], rows, ds.target))
+                                        association_table(result["target_association_train"], rows, ds.target) +
+                                        ("\n" + privacy_table(rows) if privacy_table(rows) else ""))
     if synthetic:
         figures(name + suffix, train, synthetic, dists, out_dir)
     return result
@@ -200,9 +241,10 @@ def main(argv=None):
     ap.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--merge", action="store_true", help="add to an existing result file instead of replacing it")
+    ap.add_argument("--save-models", metavar="DIR", help="save DiffLM's fitted model there, one file per dataset")
     args = ap.parse_args(argv)
     for name in args.datasets:
-        r = run_dataset(name, args.methods, args.profile, args.seed, merge=args.merge)
+        r = run_dataset(name, args.methods, args.profile, args.seed, merge=args.merge, save_models=args.save_models)
         print(markdown(name, args.profile, r["runs"]))
 
 
