@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import dcr, dcr_distances, detection, fidelity, mle, sdmetrics_metadata, target_associations
+from .metrics import (dcr, dcr_distances, detection, fidelity, mle, privacy_risks, sdmetrics_metadata,
+                      target_associations)
 from .schema import check_frame
 
 
@@ -25,10 +26,12 @@ def guess_task(y: pd.Series) -> str:
 
 
 def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, target=None, test: pd.DataFrame | None = None,
-             holdout: pd.DataFrame | None = None, task: str | None = None) -> dict:
+             holdout: pd.DataFrame | None = None, task: str | None = None, privacy: bool = True) -> dict:
     """Every metric the inputs allow, as a dict: fidelity and detection always; DCR with ``holdout`` (real
-    rows the generator never saw); MLE (a model trained on synthetic vs on real rows, scored on ``test``)
-    and target associations with ``target``. Raises ValueError naming a missing column or argument."""
+    rows the generator never saw), and with it anonymeter's attack-based risks (singling out, linkability,
+    inference of ``target`` or the last column; ``privacy=False`` skips them; see
+    :func:`tabdifflm.metrics.privacy_risks`); MLE (a model trained on synthetic vs on real rows, scored on
+    ``test``) and target associations with ``target``. Raises ValueError naming a missing column or argument."""
     real, synthetic = check_frame(real), check_frame(synthetic)
     missing = [c for c in real.columns if c not in synthetic.columns]
     if missing:
@@ -49,6 +52,11 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, target=None, test: pd.
     if holdout is not None:
         holdout = check_frame(holdout)[list(real.columns)]
         out["dcr"] = dcr(syn, real, holdout)
+        if privacy:
+            try:
+                out["privacy"] = privacy_risks(syn, real, holdout, secret=target)
+            except ImportError as e:  # anonymeter is optional
+                out["privacy"] = {"error": str(e)}
     if target is not None:
         if target not in real.columns:
             raise ValueError(f"target {target!r} is not a column of the real table")
@@ -143,6 +151,15 @@ def _rows(res: dict) -> list[tuple[str, str]]:
         d = res["dcr"]
         rows += [("DCR: share of synthetic rows closer to the training rows than to the holdout (0.5 is ideal)",
                   f"{d['share_closer_to_train']:.3f}"), ("Exact copies of training rows", str(d["exact_copies"]))]
+    p = res.get("privacy", {})
+    if "error" in p:
+        rows.append(("Attack-based privacy risks", p["error"]))
+    for k, label in (("singling_out", "singling out"), ("linkability", "linkability"),
+                     ("inference", f"inference of {p.get('secret')}")):
+        if k in p:
+            r = p[k]
+            rows.append((f"Privacy risk (anonymeter, {p['n_attacks']} attacks), {label}: 0 = no leak, 95 % interval",
+                         r["error"] if "error" in r else f"{r['risk']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"))
     if "mle" in res and "error" in res["mle"]:
         rows.append(("MLE", res["mle"]["error"]))
     elif "mle" in res:
