@@ -64,7 +64,8 @@ class RowFeaturizer:
                 other, index = len(pos), self._index[i]
                 for n, r in enumerate(rows):
                     if r[i] is not None:
-                        out[n, j + pos.get(index[r[i]], other)] = 1.0
+                        # a category the fit never saw (encode() of new rows) counts as "other"
+                        out[n, j + pos.get(index.get(r[i], -1), other)] = 1.0
                 j += other + 1
             else:
                 q = np.asarray(self.quantiles[i])

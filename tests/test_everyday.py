@@ -244,3 +244,15 @@ def test_a_budget_too_short_for_preparing_the_rows_is_an_error_not_an_overrun(ti
                        "x": rng.normal(size=300).round(2)})
     with pytest.raises(ValueError, match=r"max_time=0.2 s is too short for this table: .* Raise max_time"):
         DiffLMSynthesizer(**{**tiny_kwargs, "max_time": 0.2}).fit(df)
+
+
+def test_encode_takes_rows_with_categories_the_fit_never_saw(tiny_kwargs, mixed_df):
+    """encode() of new rows failed with a KeyError in the row features when a category was new (found when
+    encoding unseen Adult rows: 'Without-pay' was not among the 2,000 training rows)."""
+    s = DiffLMSynthesizer(**tiny_kwargs).fit(mixed_df)
+    rows = mixed_df.iloc[:3].copy()
+    rows["city"] = rows["city"].astype(object)
+    rows.loc[rows.index[0], "city"] = "Lyon"
+    Z = s.encode(rows)
+    assert Z.shape == (3, s.latent_mean_.shape[0]) and np.isfinite(Z).all()
+    assert len(s.decode(Z, temperature=0)) == 3
