@@ -29,7 +29,13 @@ class DiffLMOversampler(BaseEstimator):
     random_state : int, RandomState or None
         Seeds the fit (overrides the synthesizer's) and the sampling.
 
-    Attributes: ``synthesizer_`` (the fitted model), ``sampling_strategy_`` ({class: rows added}).
+
+    Attributes
+    ----------
+    synthesizer_ : DiffLMSynthesizer
+        The fitted model.
+    sampling_strategy_ : dict
+        {class: rows added}.
     """
 
     def __init__(self, sampling_strategy="auto", synthesizer=None, random_state=None):
