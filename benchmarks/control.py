@@ -18,7 +18,10 @@ Class balancing: Adult cut to 2,000 rows with 5 % of the minority class (>50K); 
 it is, after imbalanced-learn's SMOTENC and after DiffLMOversampler; PR-AUC, F1 and ROC-AUC of the minority
 class on the real test set.
 
-Writes benchmarks/results/control/{conditional,imputation,balance}.{json,md}.
+Reconstruction: per column, how well greedy decoding of a row's posterior mean writes it back, on training
+rows and unseen rows (``--parts reconstruction``).
+
+Writes benchmarks/results/control/{conditional,imputation,balance,reconstruction}.{json,md}.
 """
 from __future__ import annotations
 
@@ -242,15 +245,19 @@ def balance(test, target, minutes: float, seed: int, minority=">50K", share=0.05
     return out
 
 
-def markdown_balance(res: dict) -> str:
-    lines = ["| resampling | training rows | minority rows | PR-AUC (minority) | F1 (minority) | ROC-AUC | seconds |",
-             "|---|---|---|---|---|---|---|"]
-    for m in ("none", "smotenc", "difflm"):
-        r = res[m]
-        lines.append(f"| {m} | {r['train_rows']} | {r['minority_train_rows']} | {r['pr_auc'][0]:.3f} ± "
-                     f"{r['pr_auc'][1]:.3f} | {r['f1'][0]:.3f} ± {r['f1'][1]:.3f} | {r['roc_auc'][0]:.3f} | "
-                     f"{r['seconds']} |")
+def _table(header: list, rows: list) -> str:
+    """A Markdown table from a header and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def markdown_balance(res: dict) -> str:
+    return _table(["resampling", "training rows", "minority rows", "PR-AUC (minority)", "F1 (minority)", "ROC-AUC",
+                   "seconds"],
+                  [[m, r["train_rows"], r["minority_train_rows"], f"{r['pr_auc'][0]:.3f} ± {r['pr_auc'][1]:.3f}",
+                    f"{r['f1'][0]:.3f} ± {r['f1'][1]:.3f}", f"{r['roc_auc'][0]:.3f}", r["seconds"]]
+                   for m, r in ((m, res[m]) for m in ("none", "smotenc", "difflm"))])
 
 
 def markdown_conditional(res: dict) -> str:
@@ -271,14 +278,39 @@ def markdown_conditional(res: dict) -> str:
 
 
 def markdown_imputation(res: dict) -> str:
-    lines = ["| method | categorical accuracy | numeric RMSE / std | MLE (AUC), XGBoost on imputed holdout | seconds |",
-             "|---|---|---|---|---|"]
-    for m in ("difflm", "iterative", "knn"):
-        r = res[m]
-        lines.append(f"| {m} | {r['categorical_accuracy']:.3f} | {r['numeric_nrmse']:.3f} | "
-                     f"{r['mle_imputed_holdout']:.3f} ± {r['mle_std']:.3f} | {r['seconds_500_rows']} |")
-    lines.append(f"| complete holdout (no cell hidden) | | | {res['mle_complete_holdout']:.3f} | |")
-    return "\n".join(lines) + "\n"
+    rows = [[m, f"{r['categorical_accuracy']:.3f}", f"{r['numeric_nrmse']:.3f}",
+             f"{r['mle_imputed_holdout']:.3f} ± {r['mle_std']:.3f}", r["seconds_500_rows"]]
+            for m, r in ((m, res[m]) for m in ("difflm", "iterative", "knn"))]
+    rows.append(["complete holdout (no cell hidden)", "", "", f"{res['mle_complete_holdout']:.3f}", ""])
+    return _table(["method", "categorical accuracy", "numeric RMSE / std", "MLE (AUC), XGBoost on imputed holdout",
+                   "seconds"], rows)
+
+
+def reconstruction(s: DiffLMSynthesizer, train, holdout, n: int) -> dict:
+    """Per column, how well greedy decoding of a row's posterior mean writes the row back, on training
+    rows and on rows the model never saw (what the latent carries, column by column)."""
+    from tabdifflm.metrics import reconstruction as per_column
+
+    out = {}
+    for name, rows in (("train", train.iloc[:n]), ("unseen", holdout.iloc[:n])):
+        t = time.monotonic()
+        rebuilt = s.decode(s.encode(rows), temperature=0.0, random_state=0)
+        out[name] = {"seconds": round(time.monotonic() - t, 1),
+                     "columns": per_column(rows, rebuilt).reset_index().to_dict(orient="records")}
+    return out
+
+
+def markdown_reconstruction(res: dict) -> str:
+    kinds = {c["name"]: c["kind"] for c in res["schema"]}
+    tr = {r["column"]: r for r in res["train"]["columns"]}
+    un = {r["column"]: r for r in res["unseen"]["columns"]}
+
+    def f(v):
+        return "" if v is None or v != v else f"{v:.3f}"
+    return _table(["column", "kind", "exact, training rows", "exact, unseen rows", "RMSE / std, training rows",
+                   "RMSE / std, unseen rows"],
+                  [[c, kinds.get(c, ""), f(tr[c]["exact"]), f(un[c]["exact"]), f(tr[c]["nrmse"]), f(un[c]["nrmse"])]
+                   for c in tr])
 
 
 def main(argv=None):
@@ -289,7 +321,7 @@ def main(argv=None):
     ap.add_argument("--model", help="a saved model fitted on the quick profile's Adult rows")
     ap.add_argument("--save", help="save the fitted model here")
     ap.add_argument("--parts", nargs="+", default=["conditional", "imputation"],
-                    choices=["conditional", "imputation", "balance"])
+                    choices=["conditional", "imputation", "balance", "reconstruction"])
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     ds, train, holdout = quick_split("adult", seed=args.seed)
@@ -300,7 +332,7 @@ def main(argv=None):
         (OUT / "balance.json").write_text(json.dumps(bal, indent=1))
         (OUT / "balance.md").write_text(markdown_balance(bal))
         print(markdown_balance(bal))
-    if not {"conditional", "imputation"} & set(args.parts):
+    if not {"conditional", "imputation", "reconstruction"} & set(args.parts):
         return
     t = time.monotonic()
     if args.model:
@@ -324,6 +356,13 @@ def main(argv=None):
         (OUT / "imputation.json").write_text(json.dumps(imp, indent=1))
         (OUT / "imputation.md").write_text(markdown_imputation(imp))
         print(markdown_imputation(imp))
+    if "reconstruction" in args.parts:
+        rec = {"info": info, "schema": [{"name": c.name, "kind": c.kind} for c in s.schema_.columns],
+               **reconstruction(s, train, holdout, args.rows)}
+        md = markdown_reconstruction(rec)
+        (OUT / "reconstruction.json").write_text(json.dumps(rec, indent=1, default=float))
+        (OUT / "reconstruction.md").write_text(md)
+        print(md)
 
 
 if __name__ == "__main__":
