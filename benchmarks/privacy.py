@@ -19,7 +19,7 @@ from tabdifflm.metrics import dcr, privacy_risks
 
 from .methods import METHODS
 from .mle_ablation import cpu_name
-from .run import RESULTS, split
+from .run import save_results, split
 
 
 def rows_to_attack(dataset: str, model: str | None, minutes: float, seed: int = 0) -> tuple:
@@ -71,10 +71,7 @@ def main(argv=None):
         d = dcr(syn, train, holdout)
         res["rows"][name] = {**risks, "dcr_share": d["share_closer_to_train"], "exact_copies": d["exact_copies"]}
         print(name, json.dumps(res["rows"][name]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"privacy_{args.dataset}.json").write_text(json.dumps(res, indent=1))
-    (RESULTS / f"privacy_{args.dataset}.md").write_text(markdown(res))
-    print(markdown(res))
+    save_results(f"privacy_{args.dataset}", res, markdown(res))
 
 
 if __name__ == "__main__":

@@ -135,6 +135,14 @@ def association_table(real: dict, rows: list, target) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_results(stem: str, res: dict, md: str) -> None:
+    """Write ``results/<stem>.json`` and ``.md``, and print the Markdown."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float))
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(md)
+
+
 def privacy_table(rows: list) -> str:
     """Anonymeter's risks per method, where they were measured."""
     runs = [r for r in rows if r.get("status") == "ok" and "error" not in r.get("privacy", {"error": ""})]

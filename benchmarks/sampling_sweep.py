@@ -11,7 +11,6 @@ seeds). Writes ``results/sampling_sweep_<dataset>.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from tabdifflm import DiffLMSynthesizer
 
-from .run import PROFILES, RESULTS, split, score
+from .run import PROFILES, save_results, score, split
 
 
 def sweep(dataset, model_path, settings, seeds=(0, 1), profile="quick"):
@@ -80,10 +79,7 @@ def main(argv=None):
     model = Path(args.models) / f"{args.dataset}_{args.profile}_seed0.tdl"
     settings = [(t, s) for s in args.steps for t in args.temperatures]
     res = sweep(args.dataset, model, settings, seeds=tuple(range(args.seeds)), profile=args.profile)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"sampling_sweep_{args.dataset}.json").write_text(json.dumps(res, indent=1))
-    (RESULTS / f"sampling_sweep_{args.dataset}.md").write_text(markdown(res))
-    print(markdown(res))
+    save_results(f"sampling_sweep_{args.dataset}", res, markdown(res))
 
 
 if __name__ == "__main__":
