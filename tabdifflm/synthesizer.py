@@ -617,7 +617,8 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None):
         """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share)."""
-        model, grammar = self.row_model(), self._grammar
+        base = self.row_model()  # unrestricted: what the latent guidance scores with
+        model, grammar = base, self._grammar
         conds = list(conds) + self._sign_conditions({c.column for c in conds})
         if conds:
             grammar = restrict(self._grammar, conds, self._dec_tok)
@@ -634,7 +635,7 @@ class DiffLMSynthesizer(BaseEstimator):
             for s in range(0, m, self.sample_batch_size):
                 # latents a batch at a time: the first rows come at once and memory stays flat for any n
                 k = min(self.sample_batch_size, m - s)
-                z = self._guided_latents(k, conds, gen, hits) if conds else self.sample_latents(k, generator=gen)
+                z = self._guided_latents(base, k, conds, gen, hits) if conds else self.sample_latents(k, generator=gen)
                 toks = model.generate(z, self.temperature, generator=gen)
                 rows = []
                 for t in toks:
@@ -692,7 +693,7 @@ class DiffLMSynthesizer(BaseEstimator):
         if not isinstance(pool, numbers.Integral) or isinstance(pool, bool) or pool < 1:
             raise ValueError(f"pool must be a positive integer, got {pool!r}")
         schema, grammar = self.schema_, self._grammar
-        model = self.row_model()
+        model = base = self.row_model()  # base: unrestricted, what the latent choice scores with
         if never_missing:
             grammar = without_missing(grammar, self._dec_tok)
             model = RowModel(self._decoder, self.injector_, grammar, self.latent_head_)
@@ -730,7 +731,7 @@ class DiffLMSynthesizer(BaseEstimator):
             failed = []
             for s in range(0, len(todo), self.sample_batch_size):
                 part = todo[s:s + self.sample_batch_size]
-                z = self._latents_for_known(part, anchors, shown, int(pool), gen)
+                z = self._latents_for_known(base, part, anchors, shown, int(pool), gen)
                 toks = model.generate(z, self.temperature, generator=gen, fixed=fixed[part])
                 for i, t in zip(part, toks):
                     try:
@@ -761,15 +762,15 @@ class DiffLMSynthesizer(BaseEstimator):
                                    "filled_cells": int((~known_mask).sum())}
         return self.layout_.restore(out, known=user)
 
-    def _latents_for_known(self, part, anchors, shown, pool, gen) -> torch.Tensor:
+    def _latents_for_known(self, model: RowModel, part, anchors, shown, pool, gen) -> torch.Tensor:
         """One latent per row of ``part``, picked from one shared pool of ``pool`` prior draws with
         probability proportional to the latent head's likelihood of the row's shown cells (a softmax over
-        the pool of the summed log-probabilities of their tokens; the head alone, no decoder)."""
+        the pool of the summed log-probabilities of their tokens; the head alone, no decoder). ``model`` is
+        the unrestricted row model, built once per call."""
         k = len(part)
         z = self.sample_latents(pool, generator=gen)  # [P, D]
         if self.latent_head_ is None or not shown[part].any():
             return z[torch.randint(0, pool, (k,), generator=gen)]
-        model = self.row_model()
         g, dev = model.grammar, model.device
         enc = [self._grammar.encode(anchors[i]) for i in part]
         toks, sts, valid = (x.to(dev) for x in pad_batch([e[0] for e in enc], [e[1] for e in enc], g.done))
@@ -812,15 +813,17 @@ class DiffLMSynthesizer(BaseEstimator):
             ok &= c.holds(frame)
         return ok
 
-    def _guided_latents(self, n: int, conds, gen, hits: list, candidates: int = 8, draws: int = 4) -> torch.Tensor:
+    def _guided_latents(self, model: RowModel, n: int, conds, gen, hits: list, candidates: int = 8,
+                        draws: int = 4) -> torch.Tensor:
         """n prior latents resampled by the conditions' likelihood: ``candidates`` x n latents from the prior,
         ``draws`` rows each written by the latent head alone (no decoder), and n latents picked without
         replacement with weight = share of their head rows that meet every condition (a small floor keeps
-        each latent possible). Falls back to the prior where the model has no latent head."""
+        each latent possible). Falls back to the prior where the model has no latent head. ``model`` is the
+        unrestricted row model, built once per call."""
         if self.latent_head_ is None:
             return self.sample_latents(n, generator=gen)
         z = self.sample_latents(n * candidates, generator=gen)  # [M, D]
-        rows = self.row_model().generate(z.repeat_interleave(draws, 0), 1.0, generator=gen, head_only=True)
+        rows = model.generate(z.repeat_interleave(draws, 0), 1.0, generator=gen, head_only=True)
         cols = self.schema_.columns
         hit = torch.zeros(len(rows))
         for r, t in enumerate(rows):
