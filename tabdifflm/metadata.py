@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .schema import _py
+
 SDTYPES = ("categorical", "boolean", "numerical", "datetime", "id", "drop")
 _ALIASES = {"unknown": "id"}  # SDV's sdtype for columns it anonymises: keys here, never learned
 _SDV_DTYPES = {"Float": "float64", "Int8": "Int8", "Int16": "Int16", "Int32": "Int32", "Int64": "Int64",
@@ -202,10 +204,6 @@ def _new_keys(style: dict, n: int, start: int):
         return pd.array(k, dtype=style["dtype"]) if style["dtype"][0] in "IU" else k.astype(style["dtype"])
     width = max(style.get("width", 0), len(str(start + n - 1)))
     return np.array([f"{style['prefix']}{i:0{width}d}" for i in k], dtype=object)
-
-
-def _py(v):
-    return v.item() if isinstance(v, np.generic) else v
 
 
 def _to_number(name, s: pd.Series, dtype: str) -> pd.Series:

@@ -59,9 +59,12 @@ def fidelity(synthetic: pd.DataFrame, real_train: pd.DataFrame) -> dict:
 
 
 def _as_numbers(s: pd.Series) -> pd.Series | None:
-    """A column as floats if it holds numbers or datetimes (as int64 ns); None for categorical columns."""
+    """A column as floats if it holds numbers or datetimes (ns since the epoch, NaT -> NaN); None for
+    categorical columns."""
     if pd.api.types.is_datetime64_any_dtype(s):
-        s = s.astype("int64")
+        naive = s.dt.tz_convert(None) if getattr(s.dt, "tz", None) is not None else s
+        ns = naive.astype("datetime64[ns]").to_numpy().view("int64").astype(float)
+        return pd.Series(np.where(naive.isna().to_numpy(), np.nan, ns), index=s.index)
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
         return s.astype(float)
     return None
@@ -320,8 +323,8 @@ def reconstruction(real: pd.DataFrame, rebuilt: pd.DataFrame) -> pd.DataFrame:
     ``synth.decode(synth.encode(real), temperature=0)``): one row per column.
 
     ``exact``: share of cells rebuilt exactly (missing for missing counts as exact); ``nrmse``: RMSE over
-    cells present in both, divided by the real column's standard deviation (numbers; dates in seconds),
-    NaN for categories; ``missing_match``: share of cells whose missingness is rebuilt.
+    cells present in both, divided by the real column's standard deviation (numbers and dates), NaN for
+    categories; ``missing_match``: share of cells whose missingness is rebuilt.
     """
     if list(real.columns) != list(rebuilt.columns) or len(real) != len(rebuilt):
         raise ValueError("real and rebuilt must hold the same columns and the same number of rows")
@@ -332,8 +335,9 @@ def reconstruction(real: pd.DataFrame, rebuilt: pd.DataFrame) -> pd.DataFrame:
         same = np.array([(p and q) or (not p and not q and bool(x == y))
                          for x, y, p, q in zip(a.astype(object), b.astype(object), na, nb)], dtype=bool)
         nrmse = np.nan
-        xa, xb = _seconds_or_numbers(a), _seconds_or_numbers(b)
+        xa, xb = _as_numbers(a), _as_numbers(b)
         if xa is not None and xb is not None:
+            xa, xb = xa.to_numpy(), xb.to_numpy()
             both = ~(na | nb)
             diff = xa[both] - xb[both]
             sd = float(np.nanstd(xa))
@@ -341,16 +345,6 @@ def reconstruction(real: pd.DataFrame, rebuilt: pd.DataFrame) -> pd.DataFrame:
         out.append({"column": c, "exact": float(same.mean()), "nrmse": nrmse,
                     "missing_match": float((na == nb).mean())})
     return pd.DataFrame(out).set_index("column")
-
-
-def _seconds_or_numbers(s: pd.Series) -> np.ndarray | None:
-    """Numbers as floats, datetimes as seconds since the epoch (NaT -> NaN), None for categories."""
-    if pd.api.types.is_datetime64_any_dtype(s.dtype):
-        s = s.dt.tz_convert(None) if getattr(s.dt, "tz", None) is not None else s
-        return ((s - pd.Timestamp(0)).dt.total_seconds()).to_numpy(dtype=float)
-    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
-        return s.astype(float).to_numpy(dtype=float, na_value=np.nan)
-    return None
 
 
 def privacy_risks(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_control: pd.DataFrame, secret=None,
