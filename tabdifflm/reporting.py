@@ -32,11 +32,19 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, target=None, test: pd.
     inference of ``target`` or the last column; ``privacy=False`` skips them; see
     :func:`tabdifflm.metrics.privacy_risks`); MLE (a model trained on synthetic vs on real rows, scored on
     ``test``) and target associations with ``target``. Raises ValueError naming a missing column or argument."""
+    return _evaluate(real, synthetic, target, test, holdout, task, privacy)[0]
+
+
+def _evaluate(real, synthetic, target, test, holdout, task, privacy) -> tuple[dict, tuple | None]:
+    """:func:`evaluate`, and the DCR distances (None without ``holdout``) for :func:`report`'s figure."""
     real, synthetic = check_frame(real), check_frame(synthetic)
     missing = [c for c in real.columns if c not in synthetic.columns]
     if missing:
         raise ValueError(f"the synthetic table lacks the real table's column(s) {missing}")
+    if target is not None and target not in real.columns:  # before any work
+        raise ValueError(f"target {target!r} is not a column of the real table")
     syn = synthetic[list(real.columns)]
+    distances = None
     out = {"rows": {"real": len(real), "synthetic": len(syn)}, "fidelity": fidelity(syn, real),
            "detection": detection(syn, real)}
     try:
@@ -51,15 +59,14 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, target=None, test: pd.
         out["diagnostic"] = {"error": f"{type(e).__name__}: {e}"[:200]}
     if holdout is not None:
         holdout = check_frame(holdout)[list(real.columns)]
-        out["dcr"] = dcr(syn, real, holdout)
+        distances = dcr_distances(syn, real, holdout)
+        out["dcr"] = dcr(syn, real, holdout, distances=distances)
         if privacy:
             try:
                 out["privacy"] = privacy_risks(syn, real, holdout, secret=target)
             except ImportError as e:  # anonymeter is optional
                 out["privacy"] = {"error": str(e)}
     if target is not None:
-        if target not in real.columns:
-            raise ValueError(f"target {target!r} is not a column of the real table")
         task = task or guess_task(real[target])
         out["task"] = task
         out["target_association"] = {"real": target_associations(real, target, task),
@@ -70,7 +77,7 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, target=None, test: pd.
                 out["mle"] = {"synthetic": mle(syn, test, target, task), "real": mle(real, test, target, task)}
             except ImportError as e:  # xgboost is an extra
                 out["mle"] = {"error": f"MLE needs xgboost (pip install 'tabdifflm[report]'): {e}"}
-    return out
+    return out, distances
 
 
 def figures(train: pd.DataFrame, synthetic: dict, dcr_dists: dict, out_dir: Path, name: str = "report") -> list:
@@ -183,13 +190,11 @@ def report(real, synthetic, target=None, test=None, holdout=None, task=None, out
     metrics.json and the figures. Returns the metrics dict (with ``"files"``: what was written)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    res = evaluate(real, synthetic, target=target, test=test, holdout=holdout, task=task)
+    res, distances = _evaluate(real, synthetic, target, test, holdout, task, privacy=True)
     real = check_frame(real)
     syn = check_frame(synthetic)[list(real.columns)]
     try:
-        dists = {"synthetic": dcr_distances(syn, real, check_frame(holdout)[list(real.columns)])} \
-            if holdout is not None else {}
-        pngs = figures(real, {"synthetic": syn}, dists, out)
+        pngs = figures(real, {"synthetic": syn}, {"synthetic": distances} if distances is not None else {}, out)
         fig_note = ""
     except ImportError:
         pngs, fig_note = [], "Figures need matplotlib (pip install matplotlib); the numbers are complete."
