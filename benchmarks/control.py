@@ -39,7 +39,7 @@ from tabdifflm.metrics import fidelity, mle
 
 from .methods import _takes_dict
 from .mle_ablation import cpu_name
-from .mle_diagnostic import quick_split
+from .run import save_results, split
 
 OUT = Path(__file__).resolve().parent / "results" / "control"
 
@@ -324,14 +324,11 @@ def main(argv=None):
                     choices=["conditional", "imputation", "balance", "reconstruction"])
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    ds, train, holdout = quick_split("adult", seed=args.seed)
-    OUT.mkdir(parents=True, exist_ok=True)
+    ds, train, holdout = split("adult", "quick", seed=args.seed)
     if "balance" in args.parts:
         bal = {"cpu": cpu_name(), "fit_minutes": args.minutes, "seed": args.seed,
                **balance(ds.test, ds.target, args.minutes, args.seed)}
-        (OUT / "balance.json").write_text(json.dumps(bal, indent=1))
-        (OUT / "balance.md").write_text(markdown_balance(bal))
-        print(markdown_balance(bal))
+        save_results("balance", bal, markdown_balance(bal), OUT)
     if not {"conditional", "imputation", "reconstruction"} & set(args.parts):
         return
     t = time.monotonic()
@@ -348,21 +345,14 @@ def main(argv=None):
             "train_rows": len(train), "seed": args.seed}
     if "conditional" in args.parts:
         cond = {"info": info, "conditions": conditional(s, train, ds.train, args.rows, args.seed)}
-        (OUT / "conditional.json").write_text(json.dumps(cond, indent=1))
-        (OUT / "conditional.md").write_text(markdown_conditional(cond))
-        print(markdown_conditional(cond))
+        save_results("conditional", cond, markdown_conditional(cond), OUT)
     if "imputation" in args.parts:
         imp = {"info": info, **imputation(s, train, holdout, ds.test, ds.target, ds.task, args.rows, args.seed)}
-        (OUT / "imputation.json").write_text(json.dumps(imp, indent=1))
-        (OUT / "imputation.md").write_text(markdown_imputation(imp))
-        print(markdown_imputation(imp))
+        save_results("imputation", imp, markdown_imputation(imp), OUT)
     if "reconstruction" in args.parts:
         rec = {"info": info, "schema": [{"name": c.name, "kind": c.kind} for c in s.schema_.columns],
                **reconstruction(s, train, holdout, args.rows)}
-        md = markdown_reconstruction(rec)
-        (OUT / "reconstruction.json").write_text(json.dumps(rec, indent=1, default=float))
-        (OUT / "reconstruction.md").write_text(md)
-        print(md)
+        save_results("reconstruction", rec, markdown_reconstruction(rec), OUT)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from tabdifflm.metrics import dcr, fidelity, mle, target_associations
 
-from .mle_diagnostic import CONFIGS, diagnose, fit, markdown as diag_markdown, quick_split
+from .mle_diagnostic import CONFIGS, diagnose, fit, markdown as diag_markdown
+from .run import split
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "mle_ablation.json"
@@ -54,7 +55,7 @@ def cpu_name() -> str:
 
 
 def run_one(dataset: str, config: str, minutes: float, samples: int, seed: int, diag: bool) -> dict:
-    ds, train, holdout = quick_split(dataset, seed=seed)
+    ds, train, holdout = split(dataset, "quick", seed=seed)
     t = time.monotonic()
     s = fit(config, train, minutes, seed, **ABLATIONS[config])
     fit_s = time.monotonic() - t

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from tabdifflm import DiffLMSynthesizer
-from tabdifflm.datasets import load_benchmark
 from tabdifflm.metrics import mle, target_associations
+
+from .run import split
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,13 +33,6 @@ CONFIGS = {
               "row_features": False, "column_loss": "token", "max_beta": 0.1},
     "default": {},
 }
-
-
-def quick_split(name: str, rows: int = 2000, seed: int = 0):
-    """The quick profile's rows: ``rows`` training rows, an equal holdout, and the real test set."""
-    ds = load_benchmark(name)
-    pool = ds.train.sample(frac=1.0, random_state=seed).reset_index(drop=True).iloc[:2 * rows]
-    return ds, pool.iloc[:rows].reset_index(drop=True), pool.iloc[rows:2 * rows].reset_index(drop=True)
 
 
 def class_match(a: pd.Series, b: pd.Series) -> float:
@@ -106,7 +100,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", help="also save the fitted model to this file (to study it further)")
     args = ap.parse_args(argv)
-    ds, train, _ = quick_split(args.dataset, seed=args.seed)
+    ds, train, _ = split(args.dataset, "quick", seed=args.seed)
     t = time.monotonic()
     s = fit(args.config, train, args.minutes, args.seed)
     res = {"dataset": args.dataset, "config": args.config, "params": s.get_params(),

@@ -135,11 +135,11 @@ def association_table(real: dict, rows: list, target) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_results(stem: str, res: dict, md: str) -> None:
-    """Write ``results/<stem>.json`` and ``.md``, and print the Markdown."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float))
-    (RESULTS / f"{stem}.md").write_text(md)
+def save_results(stem: str, res: dict, md: str, folder: Path = RESULTS) -> None:
+    """Write ``<folder>/<stem>.json`` and ``.md`` (``folder`` defaults to ``results/``), and print the Markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float))
+    (folder / f"{stem}.md").write_text(md)
     print(md)
 
 
@@ -174,12 +174,15 @@ def split(name, profile, seed=0):
     return ds, pool.iloc[:half].reset_index(drop=True), pool.iloc[half:2 * half].reset_index(drop=True)
 
 
-def score(syn, ds, train, holdout, mle_seeds, distances=None) -> dict:
-    """Every metric of one synthetic table (MLE on the real test set, fidelity, DCR, detection, associations)."""
+def score(syn, ds, train, holdout, mle_seeds, distances=None, privacy=True) -> dict:
+    """Every metric of one synthetic table (MLE on the real test set, fidelity, DCR, detection, associations,
+    and anonymeter's attack risks unless ``privacy=False``)."""
     distances = dcr_distances(syn, train, holdout) if distances is None else distances
     out = {"mle": mle(syn, ds.test, ds.target, ds.task, seeds=tuple(range(mle_seeds))),
            "fidelity": fidelity(syn, train), "dcr": dcr(syn, train, holdout, distances=distances),
            "detection": detection(syn, train), "target_association": target_associations(syn, ds.target, ds.task)}
+    if not privacy:
+        return out
     try:  # anonymeter's attacks, the holdout as control rows (an optional extra)
         out["privacy"] = privacy_risks(syn, train, holdout, secret=ds.target)
     except ImportError as e:
@@ -233,9 +236,10 @@ def run_dataset(name, methods, profile, seed=0, merge=False, save_models=None):
             result["runs"] = rows = kept + rows
             suffix = "_" + "_".join(methods)
     path.write_text(json.dumps(result, indent=1, default=float))
+    privacy = privacy_table(rows)
     (out_dir / f"{name}.md").write_text(markdown(name, profile, rows) + "\n" +
                                         association_table(result["target_association_train"], rows, ds.target) +
-                                        ("\n" + privacy_table(rows) if privacy_table(rows) else ""))
+                                        ("\n" + privacy if privacy else ""))
     if synthetic:
         figures(name + suffix, train, synthetic, dists, out_dir)
     return result
