@@ -43,6 +43,12 @@ ABLATIONS = {
     "mlp_head": {"latent_head_hidden": 256, "aux_steps": 3},
     "aux_steps_10": {"latent_head_hidden": 0, "aux_steps": 10},
     "mlp_aux10": {"latent_head_hidden": 256, "aux_steps": 10},  # = the 0.4 defaults
+    # the decoder adapted (LoRA, base weights frozen) and the latent's capacity
+    "lora": {"decoder_adapter": "lora"},
+    "lora_r16": {"decoder_adapter": "lora", "lora_rank": 16, "lora_alpha": 32},
+    "latent_32": {"latent_dim": 32},
+    "latent_128": {"latent_dim": 128},
+    "soft_tokens_16": {"n_soft_tokens": 16},
 }
 
 

@@ -1,7 +1,8 @@
 """The frozen decoder LLM: loading (any Hugging Face id or path, or the packaged SmolLM2 GGUF) and freezing.
 
 The decoder is never trained and never copied into a saved synthesizer: a saved model stores the id or
-path plus a fingerprint of the weights, and loading checks the fingerprint.
+path plus a fingerprint of the weights, and loading checks the fingerprint. ``DecoderAdapter`` adds LoRA
+(through peft) to a private copy: the base weights stay frozen and only the adapter is trained and saved.
 """
 from __future__ import annotations
 
@@ -196,6 +197,44 @@ def load_decoder(decoder, dtype: torch.dtype, device: torch.device):
     model.requires_grad_(False)
     _use_gqa_decode(model, device)
     return model, tok, src
+
+
+class DecoderAdapter(torch.nn.Module):
+    """LoRA adapters (peft) on a private copy of the frozen decoder.
+
+    ``self.decoder`` is the copy with the adapters in place (the shared decoder other estimators use is never
+    touched); this module registers only the adapter matrices, so its ``parameters()`` are what trains and
+    its ``state_dict()`` is what a saved model stores. The base weights keep ``requires_grad=False``.
+    Targets: peft's default modules for the architecture (attention query and value projections for
+    Llama, Qwen, Mistral...), or every linear layer where peft has no default. The adapter's output
+    starts at zero (peft initialises B to zeros), so a fresh adapter leaves the decoder's output unchanged.
+    """
+
+    def __init__(self, decoder, rank: int = 8, alpha: float = 16.0, seed: int = 0):
+        super().__init__()
+        import copy
+
+        from peft import LoraConfig, inject_adapter_in_model
+        from peft.tuners.lora import LoraLayer
+
+        model = copy.deepcopy(decoder)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0), model)
+            except ValueError:  # peft knows no default targets for this architecture
+                inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                                   target_modules="all-linear"), model)
+        layers = {}
+        for name, m in model.named_modules():
+            if isinstance(m, LoraLayer):
+                # float32 adapters on a bf16 base: Adam's small updates would round away in bf16
+                layers[name.replace(".", "-")] = torch.nn.ModuleDict(
+                    {"A": m.lora_A["default"].float(), "B": m.lora_B["default"].float()})
+        if not layers:
+            raise ValueError(f"LoRA found no layer to adapt in the decoder ({type(decoder).__name__})")
+        self.layers = torch.nn.ModuleDict(layers)
+        object.__setattr__(self, "decoder", model)  # held, not registered: its base weights are not ours to save
 
 
 def decoder_parts(model):

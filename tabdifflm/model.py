@@ -52,13 +52,17 @@ class RowModel(nn.Module):
     (its automaton ``automaton`` for whole rows, its compiled tables ``grammar`` for the inner loops).
 
     The decoder is held, not registered: its weights never change and are saved by id and fingerprint,
-    so ``state_dict()`` holds the trained parts only.
+    so ``state_dict()`` holds the trained parts only. With LoRA, ``adapter`` is the
+    :class:`~tabdifflm.decoder.DecoderAdapter` whose copy of the decoder this is: its adapter matrices are
+    registered here (trained and saved), the base weights still are not.
     """
 
-    def __init__(self, decoder, injector: nn.Module, grammar: RowGrammar, latent_head: nn.Module | None = None):
+    def __init__(self, decoder, injector: nn.Module, grammar: RowGrammar, latent_head: nn.Module | None = None,
+                 adapter: nn.Module | None = None):
         super().__init__()
         self.injector = injector
         self.latent_head = latent_head
+        self.adapter = adapter
         object.__setattr__(self, "decoder", decoder)
         dev = next(decoder.parameters()).device
         self.automaton = grammar  # reads and writes whole rows (encode/decode); the reference of the tables

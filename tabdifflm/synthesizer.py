@@ -23,7 +23,7 @@ from . import __version__, parallel
 from .conditions import parse_conditions, restrict, without_missing
 from .constraints import Constraint, FixedCombinations, Positive, broken_rows, check_constraints
 from .constraints import from_dict as constraint_from_dict
-from .decoder import DEFAULT_DECODER, fingerprint, load_decoder, quiet_unless_verbose, resolve_dtype
+from .decoder import DEFAULT_DECODER, DecoderAdapter, fingerprint, load_decoder, quiet_unless_verbose, resolve_dtype
 from .diffusion import MLPDenoiser, sample_heun
 from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
 from .features import RowFeaturizer
@@ -127,7 +127,15 @@ class DiffLMSynthesizer(BaseEstimator):
         the numbers too (docs/design.md).
     max_epochs : int
         VAE epochs. max_time : float or None — seconds for the whole fit; the stages share it.
-    batch_size, learning_rate, encoder_learning_rate : training of the VAE (learning_rate: head and injector).
+    decoder_adapter : {None, "lora"}
+        None (default, the paper): the decoder LLM stays exactly as pretrained. "lora": low-rank adapters
+        (peft's LoRA, on peft's default modules for the architecture) are trained on a private copy of the
+        decoder; the base weights stay frozen and the saved file stores only the adapter (a few hundred KB).
+        Costs the copy's memory (SmolLM2-135M: ~270 MB).
+    lora_rank, lora_alpha : int, float
+        LoRA's rank r and scale alpha (the update is alpha / r x B A). Used with decoder_adapter="lora".
+    batch_size, learning_rate, encoder_learning_rate : training of the VAE (learning_rate: head, injector
+        and adapter).
     prior : {"diffusion", "gaussian"}
         Latent prior; "gaussian" (a full-covariance normal) is the ablation the paper's reviewers asked for.
     diffusion_steps : int
@@ -171,6 +179,8 @@ class DiffLMSynthesizer(BaseEstimator):
         "min_beta": [Interval(numbers.Real, 0, None, closed="neither")],
         "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "max_time": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "decoder_adapter": [StrOptions({"lora"}), None],
+        "lora_rank": _pos_int, "lora_alpha": [Interval(numbers.Real, 0, None, closed="neither")],
         "batch_size": _pos_int,
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "encoder_learning_rate": [Interval(numbers.Real, 0, None, closed="left")],
@@ -190,8 +200,8 @@ class DiffLMSynthesizer(BaseEstimator):
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
                  latent_head_hidden=256, aux_weight=1.0, aux_steps=10, row_features=True, column_loss="column",
-                 max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None,
-                 batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
+                 max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, decoder_adapter=None, lora_rank=8,
+                 lora_alpha=16.0, batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
                  constraints=None, metadata=None, n_jobs=None, random_state=None, verbose=True):
@@ -213,6 +223,9 @@ class DiffLMSynthesizer(BaseEstimator):
         self.min_beta = min_beta
         self.max_epochs = max_epochs
         self.max_time = max_time
+        self.decoder_adapter = decoder_adapter
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.encoder_learning_rate = encoder_learning_rate
@@ -276,6 +289,10 @@ class DiffLMSynthesizer(BaseEstimator):
         device = self._device()
         dtype = resolve_dtype(self.decoder_dtype, device)
         self._decoder, self._dec_tok, dec_src, dec_fp = _get_decoder(self.decoder, dtype, device)
+        adapter = None
+        if self.decoder_adapter == "lora":  # a private copy: the shared decoder stays as pretrained
+            adapter = DecoderAdapter(self._decoder, self.lora_rank, self.lora_alpha, seed=seed + 2).to(device)
+            self._decoder = adapter.decoder
         self._grammar = RowGrammar(RowFormat(self.serialization, schema, self._number_format()), self._dec_tok)
         backbone, self._enc_tok, enc_src = load_backbone(self.encoder, weights=encoder_weights)
         with torch.random.fork_rng(devices=[]):
@@ -294,7 +311,8 @@ class DiffLMSynthesizer(BaseEstimator):
                                        hidden=self.latent_head_hidden).to(device)
         ref = {"decoder": self.decoder if self.decoder is not None else DEFAULT_DECODER, "resolved": dec_src,
                "fingerprint": dec_fp, "dtype": str(dtype).replace("torch.", "")}
-        return encoder, injector, head, ref, {"encoder": self.encoder or DEFAULT_ENCODER, "resolved": enc_src}
+        return (encoder, injector, head, adapter, ref,
+                {"encoder": self.encoder or DEFAULT_ENCODER, "resolved": enc_src})
 
     # -- fit ---------------------------------------------------------------------------------------------
     @quiet_unless_verbose
@@ -333,7 +351,7 @@ class DiffLMSynthesizer(BaseEstimator):
         gen = torch.Generator().manual_seed(seed)
         rows = frame_rows(df, schema)
         featurizer = RowFeaturizer.fit(schema, rows) if self.row_features else None
-        encoder, injector, head, dec_ref, enc_ref = self._setup(
+        encoder, injector, head, adapter, dec_ref, enc_ref = self._setup(
             schema, seed, encoder_weights=True, n_features=featurizer.n_features if featurizer else 0)
         grammar = self._grammar
         budget = math.inf if self.max_time is None else float(self.max_time)
@@ -360,7 +378,7 @@ class DiffLMSynthesizer(BaseEstimator):
             reserve = min(1.5 * self.diffusion_train_steps * time_diffusion_step(self.latent_dim, n), 0.4 * budget)
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget
         history = {"vae": [], "diffusion": []}
-        vae = RowVAE(encoder, RowModel(self._decoder, injector, grammar, head), column_loss=self.column_loss,
+        vae = RowVAE(encoder, RowModel(self._decoder, injector, grammar, head, adapter), column_loss=self.column_loss,
                      aux_weight=float(self.aux_weight))
         history["vae"] = train_vae(
             vae, data, train_idx, val_idx, max_epochs=self.max_epochs,
@@ -386,6 +404,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.encoder_ = encoder
         self.injector_ = injector
         self.latent_head_ = head
+        self.decoder_adapter_ = adapter
         self.featurizer_ = featurizer
         self.schema_ = schema
         self.decoder_ref_ = dec_ref
@@ -855,6 +874,8 @@ class DiffLMSynthesizer(BaseEstimator):
         tensors.update({f"injector.{k}": v for k, v in self.injector_.state_dict().items()})
         if self.latent_head_ is not None:
             tensors.update({f"latent_head.{k}": v for k, v in self.latent_head_.state_dict().items()})
+        if getattr(self, "decoder_adapter_", None) is not None:
+            tensors.update({f"adapter.{k}": v for k, v in self.decoder_adapter_.state_dict().items()})
         tensors["latent_mean"] = self.latent_mean_
         if self.denoiser_ is not None:
             tensors.update({f"denoiser.{k}": v for k, v in self.denoiser_.state_dict().items()})
@@ -913,7 +934,7 @@ class DiffLMSynthesizer(BaseEstimator):
             featurizer = RowFeaturizer.from_dict(schema, meta["featurizer"]) if meta.get("featurizer") else None
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise ModelFileError(f"{path}: the header is damaged ({type(e).__name__}: {e})") from e
-        enc, inj, head, dec_ref, enc_ref = est._setup(schema, seed, encoder_weights=False,
+        enc, inj, head, adapter, dec_ref, enc_ref = est._setup(schema, seed, encoder_weights=False,
                                                       n_features=featurizer.n_features if featurizer else 0)
         if dec_ref["fingerprint"] != fingerprint_:
             raise ModelFileError(f"the decoder {dec_ref['resolved']!r} has other weights than the one this model was "
@@ -923,11 +944,14 @@ class DiffLMSynthesizer(BaseEstimator):
             inj.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("injector.")})
             if head is not None:
                 head.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("latent_head.")})
+            if adapter is not None:
+                adapter.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
         except RuntimeError as e:
             raise ModelFileError(f"{path}: weights do not fit the encoder/injector: {e}") from e
         dev = est._device()
         est.encoder_, est.injector_ = enc.to(dev).eval(), inj.to(dev)
         est.latent_head_ = head.to(dev) if head is not None else None
+        est.decoder_adapter_ = adapter
         est.featurizer_ = featurizer
         est.latent_mean_ = tensors["latent_mean"]
         if "latent_cov" in tensors:
