@@ -130,8 +130,8 @@ class DiffLMSynthesizer(BaseEstimator):
     decoder_adapter : {None, "lora"}
         None (default, the paper): the decoder LLM stays exactly as pretrained. "lora": low-rank adapters
         (peft's LoRA, on peft's default modules for the architecture) are trained on a private copy of the
-        decoder; the base weights stay frozen and the saved file stores only the adapter (a few hundred KB).
-        Costs the copy's memory (SmolLM2-135M: ~270 MB).
+        decoder; the base weights stay frozen and the saved file stores only the adapter (1.8 MB at rank 8 on
+        SmolLM2-135M). Costs the copy's memory (SmolLM2-135M: ~270 MB).
     lora_rank, lora_alpha : int, float
         LoRA's rank r and scale alpha (the update is alpha / r x B A). Used with decoder_adapter="lora".
     batch_size, learning_rate, encoder_learning_rate : training of the VAE (learning_rate: head, injector
