@@ -82,8 +82,8 @@ def main(argv=None):
                 continue
             rec = {"method": method, "budget_s": budget, "fit_seconds": res["fit_seconds"], "cpu": cpu_name(),
                    **score(res["synthetic"], ds, train, holdout, cfg["mle_seeds"], privacy=False)}
-            points = [p for p in points if (p["method"], p["minutes"], p["source"]) != (method, minutes, "this script")]
-            points.append(_point(rec, "this script"))
+            points = [p for p in points if (p["method"], p["minutes"], p["source"]) != (method, minutes, "learning-curve fit")]
+            points.append(_point(rec, "learning-curve fit"))
             _write(args.dataset, stem, points, ds.task, args.with_quick)
     _write(args.dataset, stem, points, ds.task, args.with_quick)
 

@@ -1,4 +1,6 @@
 """LoRA on the decoder (decoder_adapter="lora"): trained on a private copy, saved as the adapter alone."""
+import pickle
+
 import pandas as pd
 import pytest
 import torch
@@ -44,6 +46,8 @@ def test_lora_model_saves_only_the_adapter_and_loads_to_the_same_rows(lora_fit, 
     again = DiffLMSynthesizer.load(p)
     assert again.get_params()["decoder_adapter"] == "lora"
     pd.testing.assert_frame_equal(lora_fit.sample(6, random_state=2), again.sample(6, random_state=2))
+    pickled = pickle.loads(pickle.dumps(lora_fit))  # joblib's road: the same file inside, adapter included
+    pd.testing.assert_frame_equal(lora_fit.sample(6, random_state=2), pickled.sample(6, random_state=2))
     # without its adapter the same latents decode differently: the adapter is part of the model
     plain = DiffLMSynthesizer.load(p)
     plain.decoder_adapter_ = None
