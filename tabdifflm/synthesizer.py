@@ -947,7 +947,7 @@ class DiffLMSynthesizer(BaseEstimator):
             if adapter is not None:
                 adapter.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
         except RuntimeError as e:
-            raise ModelFileError(f"{path}: weights do not fit the encoder/injector: {e}") from e
+            raise ModelFileError(f"{path}: weights do not fit the encoder, injector, latent head or adapter: {e}") from e
         dev = est._device()
         est.encoder_, est.injector_ = enc.to(dev).eval(), inj.to(dev)
         est.latent_head_ = head.to(dev) if head is not None else None
