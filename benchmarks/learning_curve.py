@@ -85,7 +85,6 @@ def main(argv=None):
             points = [p for p in points if (p["method"], p["minutes"], p["source"]) != (method, minutes, "learning-curve fit")]
             points.append(_point(rec, "learning-curve fit"))
             _write(args.dataset, stem, points, ds.task, args.with_quick)
-    _write(args.dataset, stem, points, ds.task, args.with_quick)
 
 
 def _write(dataset, stem, points, task, with_quick):

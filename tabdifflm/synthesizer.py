@@ -42,6 +42,16 @@ LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hi
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
 
+# prefix in the saved file -> fitted attribute holding that trained module (None where the model has none)
+_PARTS = {"encoder": "encoder_", "injector": "injector_", "latent_head": "latent_head_",
+          "adapter": "decoder_adapter_", "denoiser": "denoiser_"}
+
+
+def _part(tensors: dict, prefix: str) -> dict:
+    """The saved tensors under ``prefix.``, with the prefix taken off (a module's state dict)."""
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
 def _get_decoder(decoder, dtype, device):
     key = (str(decoder), str(dtype), str(device))
     if key not in _DECODERS:
@@ -870,16 +880,13 @@ class DiffLMSynthesizer(BaseEstimator):
             parallel.barrier()  # the other processes return once the file is there (or writing failed)
 
     def _write(self, path) -> None:
-        tensors = {f"encoder.{k}": v for k, v in self.encoder_.state_dict().items()}
-        tensors.update({f"injector.{k}": v for k, v in self.injector_.state_dict().items()})
-        if self.latent_head_ is not None:
-            tensors.update({f"latent_head.{k}": v for k, v in self.latent_head_.state_dict().items()})
-        if getattr(self, "decoder_adapter_", None) is not None:
-            tensors.update({f"adapter.{k}": v for k, v in self.decoder_adapter_.state_dict().items()})
+        tensors = {}
+        for prefix, part in _PARTS.items():  # each trained module's weights under its own prefix
+            module = getattr(self, part)
+            if module is not None:
+                tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         tensors["latent_mean"] = self.latent_mean_
-        if self.denoiser_ is not None:
-            tensors.update({f"denoiser.{k}": v for k, v in self.denoiser_.state_dict().items()})
-        else:
+        if self.denoiser_ is None:
             tensors["latent_cov"] = self.latent_cov_
         params = self.get_params()
         rules = getattr(self, "constraints_", [])
@@ -940,12 +947,9 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ModelFileError(f"the decoder {dec_ref['resolved']!r} has other weights than the one this model was "
                                  f"trained with ({meta['decoder_ref']['decoder']!r}); pass decoder= to point to it")
         try:
-            enc.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")})
-            inj.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("injector.")})
-            if head is not None:
-                head.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("latent_head.")})
-            if adapter is not None:
-                adapter.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
+            for module, prefix in ((enc, "encoder"), (inj, "injector"), (head, "latent_head"), (adapter, "adapter")):
+                if module is not None:
+                    module.load_state_dict(_part(tensors, prefix))
         except RuntimeError as e:
             raise ModelFileError(f"{path}: weights do not fit the encoder, injector, latent head or adapter: {e}") from e
         dev = est._device()
@@ -957,7 +961,7 @@ class DiffLMSynthesizer(BaseEstimator):
         if "latent_cov" in tensors:
             est.denoiser_, est.latent_cov_ = None, tensors["latent_cov"]
         else:
-            den = {k[9:]: v for k, v in tensors.items() if k.startswith("denoiser.")}
+            den = _part(tensors, "denoiser")
             if "net.0.weight" not in den:
                 raise ModelFileError(f"{path}: neither a denoiser nor a latent covariance is stored")
             est.denoiser_ = MLPDenoiser(est.latent_mean_.shape[0], hidden=den["net.0.weight"].shape[0])
