@@ -154,6 +154,7 @@ def cmd_info(a) -> None:
             "encoder": meta["encoder_ref"].get("encoder"), "fit_seconds": meta.get("fit_seconds"),
             "vae_steps": vae[-1].get("step"), "best_validation_nll": min((r.get("val_nll", float("inf"))
                                                                           for r in vae), default=None),
+            "stopped": meta.get("history", {}).get("stopped"), "privacy_report": meta.get("privacy_report"),
             "params": meta["params"]}
     print(json.dumps(info, indent=1, default=str))
 

@@ -37,8 +37,10 @@ from .serialization import FORMATS, NUMBER_FORMATS, RowFormat, encoder_text
 from .training import VAEData, mu_dev, pad_batch, time_diffusion_step, train_diffusion, train_vae
 
 MIN_ROWS = 10
+MIN_PROBE_ROWS = 20  # fewer validation rows than this: the memorisation gap is too noisy to act on
 LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hidden": 0, "aux_weight": 0.0,
-                 "aux_steps": 0, "row_features": False, "column_loss": "token"}
+                 "aux_steps": 0, "row_features": False, "column_loss": "token", "memorisation_gap": None,
+                 "privacy_sample": 0}
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
 
@@ -137,6 +139,15 @@ class DiffLMSynthesizer(BaseEstimator):
         the numbers too (docs/design.md).
     max_epochs : int
         VAE epochs. max_time : float or None — seconds for the whole fit; the stages share it.
+    memorisation_gap : float or None
+        Stop the VAE before it memorises its rows. Each evaluation scores as many training rows as there are
+        validation rows; the gap (validation NLL - training NLL) / validation NLL is about 0 for a model that
+        learnt the table and grows as it learns the rows themselves. A checkpoint with a gap above this is
+        never kept, and two in a row end the stage (``history_["stopped"]["vae"] == "memorisation"``).
+        Acts with at least 20 validation rows. None: only the best validation NLL chooses (the paper).
+    privacy_sample : int
+        Rows sampled at the end of fit for :attr:`privacy_report_` (DCR share against the held-out
+        validation rows, exact copies); at most the number of validation rows. 0: no report.
     decoder_adapter : {None, "lora"}
         None (default, the paper): the decoder LLM stays exactly as pretrained. "lora": low-rank adapters
         (peft's LoRA, on peft's default modules for the architecture) are trained on a private copy of the
@@ -189,6 +200,8 @@ class DiffLMSynthesizer(BaseEstimator):
         "min_beta": [Interval(numbers.Real, 0, None, closed="neither")],
         "max_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
         "max_time": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "memorisation_gap": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "privacy_sample": [Interval(numbers.Integral, 0, None, closed="left")],
         "decoder_adapter": [StrOptions({"lora"}), None],
         "lora_rank": _pos_int, "lora_alpha": [Interval(numbers.Real, 0, None, closed="neither")],
         "batch_size": _pos_int,
@@ -210,7 +223,8 @@ class DiffLMSynthesizer(BaseEstimator):
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
                  latent_head_hidden=256, aux_weight=1.0, aux_steps=10, row_features=True, column_loss="column",
-                 max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, decoder_adapter=None, lora_rank=8,
+                 max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, memorisation_gap=0.15,
+                 privacy_sample=200, decoder_adapter=None, lora_rank=8,
                  lora_alpha=16.0, batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
@@ -233,6 +247,8 @@ class DiffLMSynthesizer(BaseEstimator):
         self.min_beta = min_beta
         self.max_epochs = max_epochs
         self.max_time = max_time
+        self.memorisation_gap = memorisation_gap
+        self.privacy_sample = privacy_sample
         self.decoder_adapter = decoder_adapter
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
@@ -349,12 +365,41 @@ class DiffLMSynthesizer(BaseEstimator):
         # Dropout and default inits draw from torch's global RNG: seed it, without disturbing the caller's.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self._fit(df, schema, seed, t_start)
+            train_idx, val_idx = self._fit(df, schema, seed, t_start)
         self.constraints_ = [c.fitted(df) for c in cons]
         self.layout_ = layout
         self.n_features_in_ = len(user_columns)
         self.feature_names_in_ = np.asarray(user_columns, dtype=object)
+        deadline = math.inf if self.max_time is None else t_start + float(self.max_time)
+        self.privacy_report_ = self._privacy_report(df, train_idx, val_idx, deadline)
+        self.fit_seconds_ = time.monotonic() - t_start
         return self
+
+    def _privacy_report(self, df, train_idx, val_idx, deadline) -> dict | None:
+        """How close ``privacy_sample`` new rows sit to the training rows, against how close unseen real rows
+        (the validation rows, which no stage learnt from) sit to them. None with privacy_sample=0."""
+        m = min(self.privacy_sample, len(val_idx))
+        if m < 1:
+            return None
+        t = time.monotonic()
+        gen = torch.Generator().manual_seed(self.seed_ + 5)
+        rows = []
+        while len(rows) < m and time.monotonic() < deadline:  # small batches: stops near the budget's end
+            rows += self._sample_rows(min(64, m - len(rows)), gen)[0]
+        report = {"rows": len(rows), "validation_rows": len(val_idx)}
+        if not rows:
+            return {**report, "note": "max_time left no time to sample rows for the check"}
+        from .metrics import closer_than_unseen, dcr_distances
+
+        syn, trained, unseen = build_frame(rows, self.schema_), df.iloc[train_idx.numpy()], df.iloc[val_idx.numpy()]
+        d_new = dcr_distances(syn, trained, unseen)[0]
+        d_unseen = dcr_distances(unseen, trained, unseen)[0]
+        share, interval = closer_than_unseen(d_new, d_unseen, seed=self.seed_)
+        return {**report, "closer_than_unseen": round(share, 4), "interval_95": [round(x, 4) for x in interval],
+                "median_dcr_new": round(float(np.median(d_new)), 4),
+                "median_dcr_unseen": round(float(np.median(d_unseen)), 4),
+                "exact_copies": int(syn.merge(trained.drop_duplicates(), how="inner").shape[0]),
+                "seconds": round(time.monotonic() - t, 1)}
 
     def _fit(self, df, schema, seed, t_start):
         n = len(df)
@@ -380,30 +425,42 @@ class DiffLMSynthesizer(BaseEstimator):
         n_val = int(min(max(2, round(self.validation_size * n)), 256))
         perm = torch.randperm(n, generator=gen)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
+        # as many training rows as validation rows, scored alike: the memorisation gap (own stream, so the
+        # batches are the same with and without it)
+        probe_idx = None
+        if n_val >= MIN_PROBE_ROWS:
+            pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed + 4))[:n_val]
+            probe_idx = train_idx[pick].tolist()
         # Reserve what the diffusion stage needs (timed here, at most 40 % of the budget) and the encoding
         # of every row, so a tight budget still trains the prior instead of leaving it untrained.
         reserve = 0.0
         if self.max_time is not None and self.prior == "diffusion":
             # x1.5: the machine's load can change between the timing and the stage
             reserve = min(1.5 * self.diffusion_train_steps * time_diffusion_step(self.latent_dim, n), 0.4 * budget)
-        vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget
-        history = {"vae": [], "diffusion": []}
+        check_s = 0.03 * budget if self.privacy_sample and math.isfinite(budget) else 0.0  # privacy_report_
+        vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget - check_s
+        history = {"vae": [], "diffusion": [], "stopped": {}}
         vae = RowVAE(encoder, RowModel(self._decoder, injector, grammar, head, adapter), column_loss=self.column_loss,
                      aux_weight=float(self.aux_weight))
-        history["vae"] = train_vae(
+        history["vae"], history["stopped"]["vae"] = train_vae(
             vae, data, train_idx, val_idx, max_epochs=self.max_epochs,
             deadline=vae_deadline, batch_size=self.batch_size, learning_rate=self.learning_rate,
             encoder_learning_rate=self.encoder_learning_rate, max_beta=self.max_beta, min_beta=self.min_beta,
-            eval_every=self.eval_every, aux_steps=int(self.aux_steps), generator=gen, verbose=self.verbose)
+            eval_every=self.eval_every, aux_steps=int(self.aux_steps), probe_idx=probe_idx,
+            memorisation_gap=self.memorisation_gap if probe_idx is not None else None, generator=gen,
+            verbose=self.verbose)
 
-        mu = self._encode_means(encoder, data)
+        # the prior learns the training slice only: the validation rows stay unseen by every stage, so
+        # privacy_report_ can compare the model's rows with rows it never learnt from
+        mu = self._encode_means(encoder, data)[train_idx]
         self.latent_mean_ = mu.mean(0)
         zn = (mu - self.latent_mean_) / 2  # TabSyn/DiffLM normalisation
         if self.prior == "diffusion":
             self.denoiser_, history["diffusion"] = train_diffusion(
-                zn, steps=self.diffusion_train_steps, deadline=t_start + 0.98 * budget, generator=gen,
+                zn, steps=self.diffusion_train_steps, deadline=t_start + 0.98 * budget - check_s, generator=gen,
                 verbose=self.verbose, device=self._device())
             ran = history["diffusion"][-1]["step"] + 1 if history["diffusion"] else 0
+            history["stopped"]["diffusion"] = "steps" if ran >= self.diffusion_train_steps else "time budget"
             if ran < self.diffusion_train_steps:
                 warnings.warn(f"the time budget left the diffusion prior {ran} of {self.diffusion_train_steps} "
                               "training steps; raise max_time or lower diffusion_train_steps", UserWarning,
@@ -423,9 +480,8 @@ class DiffLMSynthesizer(BaseEstimator):
         self.seed_ = seed
         self.tokens_per_row_ = float(np.mean([len(t) for t in toks]))
         self.choices_per_row_ = float(np.mean([sum(grammar.n_choices(q) > 1 for q in st) for st in states]))
-        self.fit_seconds_ = time.monotonic() - t_start
         self._sample_gen = torch.Generator().manual_seed(seed + 1)
-        return self
+        return train_idx, val_idx
 
     @staticmethod
     def _check_preparation(t_start: float, budget: float, done: int, n: int) -> None:
@@ -646,6 +702,7 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None):
         """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share)."""
+        hits = [] if hits is None else hits
         base = self.row_model()  # unrestricted: what the latent guidance scores with
         model, grammar = base, self._grammar
         conds = list(conds) + self._sign_conditions({c.column for c in conds})
@@ -902,7 +959,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 "decoder_ref": self.decoder_ref_, "encoder_ref": self.encoder_ref_, "history": self.history_,
                 "featurizer": self.featurizer_.to_dict() if self.featurizer_ is not None else None,
                 "seed": self.seed_, "feature_names": [str(c) for c in self.feature_names_in_],
-                "fit_seconds": self.fit_seconds_,
+                "fit_seconds": self.fit_seconds_, "privacy_report": self.privacy_report_,
                 "combinations": [[[v.item() if hasattr(v, "item") else v for v in t] for t in sorted(c.allowed, key=repr)]
                                  if isinstance(c, FixedCombinations) else None
                                  for c in rules if c.to_dict() is not None]}
@@ -982,6 +1039,7 @@ class DiffLMSynthesizer(BaseEstimator):
         est.n_features_in_ = len(est.layout_.all_columns)
         est.feature_names_in_ = np.asarray(est.layout_.all_columns, dtype=object)
         est.fit_seconds_ = meta.get("fit_seconds")
+        est.privacy_report_ = meta.get("privacy_report")  # None in files from before version 0.7
         est.constraints_ = []
         for c, allowed in zip(est.constraints or [], meta.get("combinations") or []):
             c = copy.deepcopy(c)

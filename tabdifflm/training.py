@@ -78,7 +78,8 @@ def evaluate_nll(vae: RowVAE, data: VAEData, idx, batch_size):
 
 def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
-              beta_patience=2, eval_every=25, aux_steps=0, generator=None, verbose=True, log=None):
+              beta_patience=2, eval_every=25, aux_steps=0, probe_idx=None, memorisation_gap=None,
+              generator=None, verbose=True, log=None):
     """Train the VAE's encoder, injector and latent logit head against its frozen decoder (:class:`RowVAE`
     computes the loss: CE + aux_weight x head CE + beta x KL).
 
@@ -92,7 +93,16 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     improved for ``beta_patience`` evaluations, down to ``min_beta``. The best state on validation NLL is
     restored at the end. Stops at ``max_epochs`` or when the final validation pass would end after
     ``deadline`` (time.monotonic()): the passes are timed, so the stage ends by its deadline.
-    Returns a list of dicts (elapsed s, step, epoch, beta, train and validation NLL per row).
+
+    Memorisation: with ``probe_idx`` (training rows, as many as the validation rows) each evaluation also
+    scores those rows the same way; ``memorisation_gap`` g = (val NLL - probe NLL) / val NLL is how much
+    better the model knows rows it was trained on than rows it never saw (about 0 for a model that has
+    learnt the table, not its rows). With ``memorisation_gap`` set, a checkpoint whose gap is above it is
+    never kept, and the stage stops after two such evaluations in a row.
+
+    Returns (history, why it stopped): history is a list of dicts (elapsed s, step, epoch, beta, train and
+    validation NLL per row, and with ``probe_idx`` the probe's NLL and the gap); the reason is one of
+    "max_epochs", "time budget", "memorisation".
     """
     encoder = vae.encoder
     backbone = {id(p) for p in encoder.backbone.parameters()}
@@ -103,8 +113,9 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     trainable = [p for p in vae.parameters() if p.requires_grad]
     net = parallel.data_parallel(vae)  # the module itself with one process
     opt = torch.optim.AdamW(params, weight_decay=0.0)
-    beta, best, stall = max_beta, math.inf, 0
+    beta, best, stall, over = max_beta, math.inf, 0, 0
     best_state = None
+    reason = "max_epochs"
     history = []
     t0 = time.monotonic()
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
@@ -130,16 +141,24 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     eval_s = step_s = 0.0  # longest validation pass, latest training step
 
     def evaluate(epoch):
-        nonlocal best, stall, beta, best_state, eval_s
+        """Score the validation (and probe) rows; True when the stage should stop for memorisation."""
+        nonlocal best, stall, beta, best_state, eval_s, over
         t_eval = time.monotonic()
         v = evaluate_nll(vae, data, val_idx.tolist(), batch_size)
         rec = {"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch, "beta": beta,
                "train_nll": round(sum(running) / max(len(running), 1), 3), "val_nll": round(v, 3)}
+        memorising = False
+        if probe_idx is not None:
+            p = evaluate_nll(vae, data, list(probe_idx), batch_size)
+            gap = (v - p) / v if v > 0 else 0.0
+            rec.update(probe_nll=round(p, 3), memorisation_gap=round(gap, 4))
+            memorising = memorisation_gap is not None and gap > memorisation_gap
+            over = over + 1 if memorising else 0
         running.clear()
         history.append(rec)
         if log:
             log(rec)
-        if v < best - 1e-3:
+        if v < best - 1e-3 and not memorising:
             best, stall = v, 0
             best_state = copy.deepcopy(vae.state_dict())
         else:
@@ -148,6 +167,7 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
                 beta, stall = max(beta * beta_decay, min_beta), 0
         bar.set_postfix(val_nll=f"{v:.1f}", beta=f"{beta:.2g}")
         eval_s = max(eval_s, time.monotonic() - t_eval)
+        return over >= 2  # the same on every process: the NLLs are summed over all of them
 
     def out_of_time():  # would one more step and the final validation pass end after the deadline?
         return parallel.any_true(time.monotonic() + step_s + eval_s > deadline)  # all processes agree
@@ -171,20 +191,21 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
             running.append(float(out.nll.detach().mean()))
             bar.update(1)
             bar.set_description(f"VAE nll/row {running[-1]:.1f}")
-            if step % eval_every == 0:
-                evaluate(epoch)
+            if step % eval_every == 0 and evaluate(epoch):
+                reason, stop = "memorisation", True
+                break
             if out_of_time():
-                stop = True
+                reason, stop = "time budget", True
                 break
         if stop:
             break
     if not history or history[-1]["step"] != step:
-        evaluate(epoch if max_epochs else 0)
+        evaluate(epoch if max_epochs else 0)  # its checkpoint is kept only if it passes the same checks
     bar.close()
     if best_state is not None:
         vae.load_state_dict(best_state)
     vae.eval()
-    return history
+    return history, reason
 
 
 def time_diffusion_step(dim: int, n: int, batch_size: int = 512, hidden: int = 1024, t_dim: int = 256,

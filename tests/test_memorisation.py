@@ -1,0 +1,117 @@
+"""A fit that stops before it memorises (the gap between training and validation NLL), why each stage
+stopped, and the privacy report a fit leaves behind."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tabdifflm import DiffLMSynthesizer
+from tabdifflm import training
+
+
+def _rows(n, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 50, n)
+    return pd.DataFrame({"a": a, "b": np.where(a > 25, "hi", "lo"), "x": np.round(rng.normal(size=n), 2)})
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_kwargs):
+    return DiffLMSynthesizer(**tiny_kwargs).fit(_rows(240))  # 24 validation rows: the gap is watched
+
+
+def test_history_says_why_each_stage_stopped_and_records_the_gap(fitted):
+    assert fitted.history_["stopped"] == {"vae": "max_epochs", "diffusion": "steps"}
+    rec = fitted.history_["vae"][-1]
+    assert rec["memorisation_gap"] == pytest.approx((rec["val_nll"] - rec["probe_nll"]) / rec["val_nll"], abs=2e-3)
+
+
+def test_privacy_report_compares_new_rows_with_unseen_rows(fitted, tmp_path):
+    rep = fitted.privacy_report_
+    assert rep["rows"] == rep["validation_rows"] == 24
+    assert 0.0 <= rep["interval_95"][0] <= rep["closer_than_unseen"] <= rep["interval_95"][1] <= 1.0
+    assert rep["exact_copies"] >= 0
+    fitted.save(tmp_path / "m.tdl")
+    assert DiffLMSynthesizer.load(tmp_path / "m.tdl").privacy_report_ == rep
+
+
+def test_privacy_report_flags_copied_rows_and_clears_unseen_ones(fitted, monkeypatch):
+    """Rows that are training rows score near 1 and count as copies; unseen real rows (the validation rows
+    themselves) score 0.5."""
+    df = _rows(240)
+    n = len(df)
+    gen = torch.Generator().manual_seed(fitted.seed_)
+    perm = torch.randperm(n, generator=gen)  # the split fit made: the first 24 are the validation rows
+    val_idx, train_idx = perm[:24], perm[24:]
+
+    def rows_of(idx):
+        frame = df.iloc[idx.numpy()]
+        return lambda self, k, gen, *a, **kw: ([list(r) for r in frame.head(k).itertuples(index=False)], k, {}, 1.0)
+
+    monkeypatch.setattr(DiffLMSynthesizer, "_sample_rows", rows_of(train_idx))
+    copied = fitted._privacy_report(df, train_idx, val_idx, deadline=np.inf)
+    assert copied["exact_copies"] == copied["rows"] == 24
+    assert copied["closer_than_unseen"] > 0.8 and copied["interval_95"][0] > 0.5
+    monkeypatch.setattr(DiffLMSynthesizer, "_sample_rows", rows_of(val_idx))
+    unseen = fitted._privacy_report(df, train_idx, val_idx, deadline=np.inf)
+    assert unseen["closer_than_unseen"] == 0.5 and unseen["exact_copies"] == 0
+
+
+def test_privacy_sample_zero_skips_the_report(tiny_kwargs):
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "privacy_sample": 0, "max_epochs": 1}).fit(_rows(60))
+    assert s.privacy_report_ is None
+
+
+def _scripted_vae(monkeypatch, gaps):
+    """train_vae on a stand-in model whose evaluations return scripted NLLs: validation 10 - i at the i-th
+    evaluation (always improving), probe (10 - i) x (1 - gap_i). Its one weight grows by the learning rate
+    (1e-3) a step. Returns (history, reason, the weight of the state kept)."""
+    calls = {"n": 0}
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.encoder = type("E", (), {"backbone": torch.nn.Linear(1, 1),
+                                          "head": torch.nn.Linear(1, 4)})()
+            self.aux_weight = 0.0
+
+        def forward(self, *a):
+            out = type("O", (), {})()
+            out.loss = -self.w.sum()  # a constant gradient: Adam moves w by the learning rate each step
+            out.nll = torch.ones(2)
+            return out
+
+    def fake_eval(vae, data, idx, batch_size):
+        i = calls["n"] // 2  # validation, then probe, per evaluation
+        calls["n"] += 1
+        g, v = gaps[min(i, len(gaps) - 1)], 10.0 - 0.1 * i
+        return v if calls["n"] % 2 else v * (1 - g)
+
+    class Data:
+        def batch(self, idx):
+            return (None,)
+
+    monkeypatch.setattr(training, "evaluate_nll", fake_eval)
+    vae = Stub()
+    hist, reason = training.train_vae(
+        vae, Data(), torch.arange(40), torch.arange(40, 44), max_epochs=50, deadline=float("inf"), batch_size=4,
+        learning_rate=1e-3, encoder_learning_rate=0.0, max_beta=0.01, min_beta=0.001, eval_every=5,
+        probe_idx=list(range(4)), memorisation_gap=0.1, generator=torch.Generator().manual_seed(0), verbose=False)
+    return hist, reason, float(vae.w.detach())
+
+
+def test_the_vae_stops_after_two_memorising_evaluations(monkeypatch):
+    hist, reason, w = _scripted_vae(monkeypatch, [0.0, 0.02, 0.05, 0.3, 0.4, 0.5, 0.6])
+    assert reason == "memorisation"
+    assert [h["memorisation_gap"] for h in hist] == [0.0, 0.02, 0.05, 0.3, 0.4]
+    assert hist[-1]["step"] == 20  # evaluations every 5 steps: stopped at the second one over 0.1
+    # the kept state is the last one under the limit (step 10), not the better-scoring memorising ones
+    assert w == pytest.approx(10 * 1e-3, rel=0.05)
+
+
+def test_a_lone_memorising_evaluation_does_not_stop_the_vae(monkeypatch):
+    hist, reason, _ = _scripted_vae(monkeypatch, [0.0, 0.3, 0.0])
+    assert reason == "max_epochs" and len(hist) > 3
