@@ -16,7 +16,8 @@ Against scikit-learn's IterativeImputer and KNNImputer (categories ordinal-encod
 
 Class balancing: Adult cut to 2,000 rows with 5 % of the minority class (>50K); XGBoost trained on it as
 it is, after imbalanced-learn's SMOTENC and after DiffLMOversampler; PR-AUC, F1 and ROC-AUC of the minority
-class on the real test set.
+class on the real test set. DiffLMOversampler's two sources come from one fitted model: "neighbours" (SMOTE
+in the latent space, the default) and "prior" (new latents from the prior, steered to the class).
 
 Reconstruction: per column, how well greedy decoding of a row's posterior mean writes it back, on training
 rows and unseen rows (``--parts reconstruction``).
@@ -222,12 +223,20 @@ def balance(test, target, minutes: float, seed: int, minority=">50K", share=0.05
     smote_s = time.monotonic() - t
     t = time.monotonic()
     ovs = DiffLMOversampler(synthesizer=DiffLMSynthesizer(max_time=minutes * 60, max_epochs=1000, verbose=False),
-                            random_state=seed)
+                            source="neighbours", random_state=seed)
     Xd, yd = ovs.fit_resample(X, y)
     difflm_s = time.monotonic() - t
+    # source="prior" from the same fitted model: new latents from the prior, steered to the class
+    t = time.monotonic()
+    k = ovs.sampling_strategy_[minority]
+    new = ovs.synthesizer_.sample(k, random_state=seed, conditions={target: minority})
+    Xp = pd.concat([X, new.drop(columns=target)], ignore_index=True)
+    yp = pd.concat([y, new[target]], ignore_index=True)
+    prior_s = ovs.synthesizer_.fit_seconds_ + time.monotonic() - t  # the same fit, then sampling
     yt = (test[target] == minority).astype(int).to_numpy()
     for name, (Xa, ya, secs) in {"none": (X, y, 0.0), "smotenc": (Xs, ys, smote_s),
-                                 "difflm": (Xd, yd, difflm_s)}.items():
+                                 "difflm_neighbours": (Xd, yd, difflm_s),
+                                 "difflm_prior": (Xp, yp, prior_s)}.items():
         feats = _Features().fit(Xa)
         A, B = feats.transform(Xa), feats.transform(test.drop(columns=[target]))
         scores = {"pr_auc": [], "f1": [], "roc_auc": []}
@@ -257,7 +266,8 @@ def markdown_balance(res: dict) -> str:
                    "seconds"],
                   [[m, r["train_rows"], r["minority_train_rows"], f"{r['pr_auc'][0]:.3f} ± {r['pr_auc'][1]:.3f}",
                     f"{r['f1'][0]:.3f} ± {r['f1'][1]:.3f}", f"{r['roc_auc'][0]:.3f}", r["seconds"]]
-                   for m, r in ((m, res[m]) for m in ("none", "smotenc", "difflm"))])
+                   for m, r in ((m, res[m]) for m in ("none", "smotenc", "difflm_neighbours", "difflm_prior", "difflm")
+                                if m in res)])
 
 
 def markdown_conditional(res: dict) -> str:

@@ -96,6 +96,11 @@ def cmd_fit(a) -> None:
     s.save(a.output)
     print(f"fitted {len(df)} rows x {df.shape[1]} columns in {s.fit_seconds_:.0f} s; model written to {a.output}",
           file=sys.stderr)
+    rep = s.privacy_report_
+    if rep and "closer_than_unseen" in rep:
+        print(f"privacy check on {rep['rows']} new rows: closer to the training rows than unseen rows are "
+              f"{rep['closer_than_unseen']:.2f} [{rep['interval_95'][0]:.2f}, {rep['interval_95'][1]:.2f}] "
+              f"(0.5 = like unseen data, 1 = copies); {rep['exact_copies']} exact copies", file=sys.stderr)
 
 
 def cmd_sample(a) -> None:

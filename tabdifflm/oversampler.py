@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
@@ -18,6 +19,13 @@ from .synthesizer import DiffLMSynthesizer
 class DiffLMOversampler(BaseEstimator):
     """Oversample classes with synthetic rows written by DiffLM under the condition ``class == c``.
 
+    Two sources of latents for the new rows. "neighbours" (default) works like SMOTE, in the latent space:
+    a real row of the class, one of its ``k_neighbors`` nearest rows of the same class (by latent), a
+    random point on the segment between their latents, written by the decoder with the class forced. The
+    new rows stay where the class's real rows are, and the decoder keeps every value valid (categories
+    from the table, numbers in range). "prior" draws new latents from the diffusion prior, steered to the
+    class: more varied rows, but a rare class that the prior learnt from few rows comes out blurred.
+
     Parameters
     ----------
     sampling_strategy : "auto", "not majority", "minority", float or dict
@@ -26,6 +34,11 @@ class DiffLMOversampler(BaseEstimator):
         a dict {class: count}: each listed class is raised to that many rows.
     synthesizer : DiffLMSynthesizer or None
         The model to fit on X with y as one more column (cloned; None = the defaults).
+    source : {"neighbours", "prior"}
+        Where the new rows' latents come from (above).
+    k_neighbors : int
+        Same-class neighbours to pick from with ``source="neighbours"`` (SMOTE's default, 5); a class
+        needs at least two rows.
     random_state : int, RandomState or None
         Seeds the fit (overrides the synthesizer's) and the sampling.
 
@@ -38,10 +51,37 @@ class DiffLMOversampler(BaseEstimator):
         {class: rows added}.
     """
 
-    def __init__(self, sampling_strategy="auto", synthesizer=None, random_state=None):
+    def __init__(self, sampling_strategy="auto", synthesizer=None, source="neighbours", k_neighbors=5,
+                 random_state=None):
         self.sampling_strategy = sampling_strategy
         self.synthesizer = synthesizer
+        self.source = source
+        self.k_neighbors = k_neighbors
         self.random_state = random_state
+
+    def _check(self, y: pd.Series, added: dict) -> None:
+        if self.source not in ("neighbours", "prior"):
+            raise ValueError(f"source must be 'neighbours' or 'prior', got {self.source!r}")
+        k = self.k_neighbors
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k_neighbors must be a positive integer, got {k!r}")
+        if self.source == "neighbours":
+            few = {c: int((y == c).sum()) for c, n in added.items() if n > 0 and (y == c).sum() < 2}
+            if few:
+                raise ValueError(f"source='neighbours' needs at least two rows of each class it adds to; "
+                                 f"{few} (class: rows) have fewer: use source='prior'")
+
+    @staticmethod
+    def _between_neighbours(Z, k_neighbors, n, rng):
+        """n latents, each at a random point between a row's latent Z [m, D] and one of its nearest rows'."""
+        from sklearn.neighbors import NearestNeighbors
+
+        k = min(int(k_neighbors), len(Z) - 1)
+        nb = NearestNeighbors(n_neighbors=k + 1).fit(Z).kneighbors(Z, return_distance=False)[:, 1:]  # [m, k]
+        a = rng.randint(0, len(Z), n)
+        b = nb[a, rng.randint(0, k, n)]
+        lam = rng.uniform(0, 1, (n, 1))
+        return Z[a] + lam * (Z[b] - Z[a])  # [n, D]
 
     def _added(self, counts: pd.Series) -> dict:
         s = self.sampling_strategy
@@ -84,6 +124,7 @@ class DiffLMOversampler(BaseEstimator):
             raise ValueError("y has missing values")
         counts = y.value_counts()
         added = self._added(counts)  # checked before the fit
+        self._check(y, added)
         name = y.name if y.name is not None and y.name not in X.columns else "__class__"
         while name in X.columns:
             name = f"_{name}"
@@ -93,8 +134,17 @@ class DiffLMOversampler(BaseEstimator):
         if self.random_state is not None:
             synth.set_params(random_state=int(rng.randint(0, 2**31 - 1)))
         synth.fit(table)
-        parts = [synth.sample(k, random_state=int(rng.randint(0, 2**31 - 1)), conditions={name: c})
-                 for c, k in added.items() if k > 0]
+        parts = []
+        Z = synth.encode(table) if self.source == "neighbours" and any(added.values()) else None
+        for c, k in added.items():
+            if k < 1:
+                continue
+            seed = int(rng.randint(0, 2**31 - 1))
+            if Z is None:
+                parts.append(synth.sample(k, random_state=seed, conditions={name: c}))
+            else:
+                z = self._between_neighbours(Z[(y == c).to_numpy()], self.k_neighbors, k, rng)
+                parts.append(synth.decode(z, random_state=seed, conditions={name: c}))
         self.synthesizer_ = synth
         self.sampling_strategy_ = added
         if not parts:

@@ -38,6 +38,7 @@ from .training import VAEData, mu_dev, pad_batch, time_diffusion_step, train_dif
 
 MIN_ROWS = 10
 MIN_PROBE_ROWS = 20  # fewer validation rows than this: the memorisation gap is too noisy to act on
+PROBE_ROWS = 64  # training rows scored at each evaluation for the gap
 LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hidden": 0, "aux_weight": 0.0,
                  "aux_steps": 0, "row_features": False, "column_loss": "token", "memorisation_gap": None,
                  "privacy_sample": 0}
@@ -140,14 +141,16 @@ class DiffLMSynthesizer(BaseEstimator):
     max_epochs : int
         VAE epochs. max_time : float or None — seconds for the whole fit; the stages share it.
     memorisation_gap : float or None
-        Stop the VAE before it memorises its rows. Each evaluation scores as many training rows as there are
-        validation rows; the gap (validation NLL - training NLL) / validation NLL is about 0 for a model that
-        learnt the table and grows as it learns the rows themselves. A checkpoint with a gap above this is
-        never kept, and two in a row end the stage (``history_["stopped"]["vae"] == "memorisation"``).
-        Acts with at least 20 validation rows. None: only the best validation NLL chooses (the paper).
+        Stop the VAE before it memorises its rows. Each evaluation also scores 64 training rows (fewer if
+        there are fewer validation rows) the same way; the gap (validation NLL - training NLL) /
+        validation NLL is about 0 for a model that learnt the table and grows as it learns the rows
+        themselves. A checkpoint with a gap above this is never kept, and two in a row end the stage
+        (``history_["stopped"]["vae"] == "memorisation"``). Acts with at least 20 validation rows.
+        None: only the best validation NLL chooses (the paper).
     privacy_sample : int
-        Rows sampled at the end of fit for :attr:`privacy_report_` (DCR share against the held-out
-        validation rows, exact copies); at most the number of validation rows. 0: no report.
+        Rows sampled at the end of fit for ``privacy_report_``: how much closer they sit to the training
+        rows than the validation rows (never learnt from) do, and exact copies; at most the number of
+        validation rows, within ``max_time``. 0: no report.
     decoder_adapter : {None, "lora"}
         None (default, the paper): the decoder LLM stays exactly as pretrained. "lora": low-rank adapters
         (peft's LoRA, on peft's default modules for the architecture) are trained on a private copy of the
@@ -425,12 +428,12 @@ class DiffLMSynthesizer(BaseEstimator):
         n_val = int(min(max(2, round(self.validation_size * n)), 256))
         perm = torch.randperm(n, generator=gen)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
-        # as many training rows as validation rows, scored alike: the memorisation gap (own stream, so the
-        # batches are the same with and without it)
+        # training rows scored like the validation rows, for the memorisation gap: at most 64, since each
+        # evaluation of them costs decoder passes (own stream: the batches are the same with or without it)
         probe_idx = None
         if n_val >= MIN_PROBE_ROWS:
-            pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed + 4))[:n_val]
-            probe_idx = train_idx[pick].tolist()
+            pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed + 4))
+            probe_idx = train_idx[pick[:min(n_val, PROBE_ROWS)]].tolist()
         # Reserve what the diffusion stage needs (timed here, at most 40 % of the budget) and the encoding
         # of every row, so a tight budget still trains the prior instead of leaving it untrained.
         reserve = 0.0
@@ -549,13 +552,16 @@ class DiffLMSynthesizer(BaseEstimator):
         return RowModel(self._decoder, self.injector_, self._grammar, self.latent_head_)
 
     @quiet_unless_verbose
-    def decode(self, Z, temperature=None, random_state=None) -> pd.DataFrame:
+    def decode(self, Z, temperature=None, random_state=None, conditions=None) -> pd.DataFrame:
         """Rows written by the decoder from latents Z [n, latent_dim] (one row per latent, in order).
 
-        ``temperature`` defaults to the estimator's (0 = greedy). A row that breaks the schema (a date that
-        does not exist) is written again from the same latent, at most ``max_sample_attempts`` times.
+        ``temperature`` defaults to the estimator's (0 = greedy). ``conditions`` (as in :meth:`sample`)
+        narrow the grammar, so every row meets them; the latents are used as given. A row that breaks the
+        schema (a date that does not exist) is written again from the same latent, at most
+        ``max_sample_attempts`` times.
         """
         check_is_fitted(self)
+        conds = parse_conditions(conditions, self.schema_)
         z = torch.as_tensor(np.asarray(Z, dtype=np.float32))
         if z.ndim != 2 or z.shape[1] != self.latent_mean_.shape[0]:
             raise ValueError(f"Z must have shape [n, {self.latent_mean_.shape[0]}], got {tuple(z.shape)}")
@@ -563,7 +569,10 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError("Z contains NaN or infinite values")
         temp = self.temperature if temperature is None else float(temperature)
         gen = torch.Generator().manual_seed(int(check_random_state(random_state).randint(0, 2**31 - 1)))
-        model = self.row_model()
+        model, grammar = self.row_model(), self._grammar
+        if conds:
+            grammar = restrict(self._grammar, conds, self._dec_tok)
+            model = RowModel(self._decoder, self.injector_, grammar, self.latent_head_)
         rows: list = [None] * len(z)
         todo = list(range(len(z)))
         for _ in range(self.max_sample_attempts):
@@ -572,9 +581,12 @@ class DiffLMSynthesizer(BaseEstimator):
                 toks = model.generate(z[part], temp, generator=gen)
                 for i, t in zip(part, toks):
                     try:
-                        rows[i] = self._grammar.decode(t)
+                        row = grammar.decode(t)
                     except InvalidValue:
-                        pass
+                        continue
+                    # a date format's resolution can straddle a bound: such a row is written again
+                    if all(c.holds(row[c.column], self.schema_.columns[c.column]) for c in conds):
+                        rows[i] = row
             todo = [i for i in todo if rows[i] is None]
             if not todo:
                 return self.layout_.restore(build_frame(rows, self.schema_))

@@ -30,7 +30,7 @@ def tiny_args(tiny_encoder_dir, tiny_decoder_dir):
 def test_fit_sample_evaluate_info(adult_csv, tiny_args, adult_small, capsys):
     model = adult_csv / "m.tdl"
     assert main(["fit", str(adult_csv / "train.csv"), "-o", str(model), *tiny_args]) == 0
-    assert model.exists()
+    assert model.exists() and "privacy check on" in capsys.readouterr().err
     assert main(["sample", str(model), "-n", "25", "-o", str(adult_csv / "syn.parquet"), "--seed", "1", "-q"]) == 0
     syn = pd.read_parquet(adult_csv / "syn.parquet")
     assert len(syn) == 25 and list(syn.columns) == list(adult_small.columns)
@@ -44,6 +44,8 @@ def test_fit_sample_evaluate_info(adult_csv, tiny_args, adult_small, capsys):
     info = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in info["columns"]] == list(adult_small.columns)
     assert info["params"]["latent_dim"] == 8 and info["vae_steps"] >= 1
+    assert info["stopped"]["vae"] in {"max_epochs", "time budget", "memorisation"}
+    assert info["privacy_report"]["rows"] >= 1
 
 
 def test_sample_to_stdout_is_csv(adult_csv, tiny_args, capsys):

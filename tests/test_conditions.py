@@ -219,6 +219,48 @@ def test_oversampler_raises_the_minority_in_an_imblearn_pipeline(tiny_kwargs, mi
             DiffLMOversampler(sampling_strategy=bad).fit_resample(X, y)
 
 
+def test_decode_with_conditions_forces_them_and_keeps_the_latent(two_clusters):
+    s = two_clusters
+    rows = s.sample(40, random_state=1)
+    z = s.encode(rows[rows.label == "a"])
+    forced = s.decode(z, random_state=0, conditions={"label": "b"})
+    assert (forced.label == "b").all() and len(forced) == len(z)
+    with pytest.raises(ValueError, match="label"):
+        s.decode(z, conditions={"label": "c"})
+
+
+def test_neighbour_latents_lie_between_a_row_and_one_of_its_nearest():
+    """source="neighbours" is SMOTE in the latent space: each new latent is on the segment from a row's
+    latent to one of its k nearest (never a far row of the class)."""
+    from tabdifflm import DiffLMOversampler
+
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(0, 0.1, (10, 3)), rng.normal(5, 0.1, (10, 3))])  # two far groups
+    new = DiffLMOversampler._between_neighbours(Z, 3, 200, np.random.RandomState(0))
+    assert new.shape == (200, 3)
+    d = np.linalg.norm(Z[:, None] - Z[None], axis=-1)
+    for p in new:
+        ok = False
+        for a in range(len(Z)):
+            for b in np.argsort(d[a])[1:4]:  # the 3 nearest
+                u = Z[b] - Z[a]
+                t = float(np.dot(p - Z[a], u) / np.dot(u, u))
+                ok |= -1e-9 <= t <= 1 + 1e-9 and np.allclose(Z[a] + t * u, p, atol=1e-9)
+        assert ok
+    assert ((new < 1).all(axis=1) | (new > 4).all(axis=1)).all()  # never between the two groups
+
+
+def test_oversampler_source_and_neighbours_are_checked_before_the_fit(tiny_kwargs):
+    from tabdifflm import DiffLMOversampler
+
+    X, y = pd.DataFrame({"x": np.arange(101)}), pd.Series(["a"] * 100 + ["b"])
+    synth = DiffLMSynthesizer(**tiny_kwargs)
+    for kw, msg in [({"source": "smote"}, "source"), ({"k_neighbors": 0}, "k_neighbors"),
+                    ({}, "at least two rows")]:  # class b has one row
+        with pytest.raises(ValueError, match=msg):
+            DiffLMOversampler(synthesizer=synth, **kw).fit_resample(X, y)
+
+
 def test_sample_near_and_interpolate(fitted, mixed_df):
     rows = mixed_df.iloc[[2, 7]]
     near = fitted.sample_near(rows, n=5, scale=0.3, random_state=0)
