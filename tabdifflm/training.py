@@ -94,10 +94,9 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     restored at the end. Stops at ``max_epochs`` or when the final validation pass would end after
     ``deadline`` (time.monotonic()): the passes are timed, so the stage ends by its deadline.
 
-    Memorisation: with ``probe_idx`` (some training rows) each evaluation also
-    scores those rows the same way; ``memorisation_gap`` g = (val NLL - probe NLL) / val NLL is how much
-    better the model knows rows it was trained on than rows it never saw (about 0 for a model that has
-    learnt the table, not its rows). With ``memorisation_gap`` set, a checkpoint whose gap is above it is
+    Memorisation: with ``probe_idx`` (some training rows) each evaluation also scores those rows the same
+    way; the gap (val NLL - probe NLL) / val NLL is how much better the model knows rows it was trained on
+    than rows it never saw (about 0 for a model that has learnt the table, not its rows). With ``memorisation_gap`` set, a checkpoint whose gap is above it is
     never kept, and the stage stops after two such evaluations in a row.
 
     Returns (history, why it stopped): history is a list of dicts (elapsed s, step, epoch, beta, train and
