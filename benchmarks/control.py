@@ -266,8 +266,7 @@ def markdown_balance(res: dict) -> str:
                    "seconds"],
                   [[m, r["train_rows"], r["minority_train_rows"], f"{r['pr_auc'][0]:.3f} ± {r['pr_auc'][1]:.3f}",
                     f"{r['f1'][0]:.3f} ± {r['f1'][1]:.3f}", f"{r['roc_auc'][0]:.3f}", r["seconds"]]
-                   for m, r in ((m, res[m]) for m in ("none", "smotenc", "difflm_neighbours", "difflm_prior", "difflm")
-                                if m in res)])
+                   for m, r in ((m, res[m]) for m in ("none", "smotenc", "difflm_neighbours", "difflm_prior"))])
 
 
 def markdown_conditional(res: dict) -> str:

@@ -392,11 +392,11 @@ class DiffLMSynthesizer(BaseEstimator):
         report = {"rows": len(rows), "validation_rows": len(val_idx)}
         if not rows:
             return {**report, "note": "max_time left no time to sample rows for the check"}
-        from .metrics import closer_than_unseen, dcr_distances
+        from .metrics import _dcr_matrices, _nearest_l1, closer_than_unseen
 
         syn, trained, unseen = build_frame(rows, self.schema_), df.iloc[train_idx.numpy()], df.iloc[val_idx.numpy()]
-        d_new = dcr_distances(syn, trained, unseen)[0]
-        d_unseen = dcr_distances(unseen, trained, unseen)[0]
+        x_new, x_trained, x_unseen = _dcr_matrices([syn, trained, unseen], trained)  # one space for all three
+        d_new, d_unseen = _nearest_l1(x_new, x_trained), _nearest_l1(x_unseen, x_trained)
         share, interval = closer_than_unseen(d_new, d_unseen, seed=self.seed_)
         return {**report, "closer_than_unseen": round(share, 4), "interval_95": [round(x, 4) for x in interval],
                 "median_dcr_new": round(float(np.median(d_new)), 4),
@@ -455,7 +455,7 @@ class DiffLMSynthesizer(BaseEstimator):
 
         # the prior learns the training slice only: the validation rows stay unseen by every stage, so
         # privacy_report_ can compare the model's rows with rows it never learnt from
-        mu = self._encode_means(encoder, data)[train_idx]
+        mu = self._encode_means(encoder, data, train_idx.tolist())
         self.latent_mean_ = mu.mean(0)
         zn = (mu - self.latent_mean_) / 2  # TabSyn/DiffLM normalisation
         if self.prior == "diffusion":
@@ -500,11 +500,12 @@ class DiffLMSynthesizer(BaseEstimator):
                          "shorten long text columns")
 
     @torch.no_grad()
-    def _encode_means(self, encoder, data: VAEData, batch: int = 64) -> torch.Tensor:
+    def _encode_means(self, encoder, data: VAEData, idx: list, batch: int = 64) -> torch.Tensor:
+        """Posterior means of rows ``idx`` of ``data`` -> [len(idx), latent_dim]."""
         dev = mu_dev(encoder)
         out = []
-        for s in range(0, len(data), batch):
-            ids, am, feats, *_ = data.batch(range(s, min(s + batch, len(data))))
+        for s in range(0, len(idx), batch):
+            ids, am, feats, *_ = data.batch(idx[s:s + batch])
             out.append(encoder(ids.to(dev), am.to(dev), feats)[0].float().cpu())
         return torch.cat(out)
 
@@ -551,6 +552,13 @@ class DiffLMSynthesizer(BaseEstimator):
         check_is_fitted(self)
         return RowModel(self._decoder, self.injector_, self._grammar, self.latent_head_)
 
+    def _conditioned_model(self, conds) -> RowModel:
+        """The row model with its grammar narrowed to ``conds`` (the unrestricted one without conditions)."""
+        if not conds:
+            return self.row_model()
+        return RowModel(self._decoder, self.injector_, restrict(self._grammar, conds, self._dec_tok),
+                        self.latent_head_)
+
     @quiet_unless_verbose
     def decode(self, Z, temperature=None, random_state=None, conditions=None) -> pd.DataFrame:
         """Rows written by the decoder from latents Z [n, latent_dim] (one row per latent, in order).
@@ -569,10 +577,8 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError("Z contains NaN or infinite values")
         temp = self.temperature if temperature is None else float(temperature)
         gen = torch.Generator().manual_seed(int(check_random_state(random_state).randint(0, 2**31 - 1)))
-        model, grammar = self.row_model(), self._grammar
-        if conds:
-            grammar = restrict(self._grammar, conds, self._dec_tok)
-            model = RowModel(self._decoder, self.injector_, grammar, self.latent_head_)
+        model = self._conditioned_model(conds)
+        grammar = model.automaton
         rows: list = [None] * len(z)
         todo = list(range(len(z)))
         for _ in range(self.max_sample_attempts):
@@ -716,11 +722,9 @@ class DiffLMSynthesizer(BaseEstimator):
         """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share)."""
         hits = [] if hits is None else hits
         base = self.row_model()  # unrestricted: what the latent guidance scores with
-        model, grammar = base, self._grammar
         conds = list(conds) + self._sign_conditions({c.column for c in conds})
-        if conds:
-            grammar = restrict(self._grammar, conds, self._dec_tok)
-            model = RowModel(self._decoder, self.injector_, grammar, self.latent_head_)
+        model = self._conditioned_model(conds) if conds else base
+        grammar = model.automaton
         cols = self.schema_.columns
         rules = getattr(self, "constraints_", [])
         got, generated, errors = [], 0, {}
