@@ -49,6 +49,12 @@ ABLATIONS = {
     "latent_32": {"latent_dim": 32},
     "latent_128": {"latent_dim": 128},
     "soft_tokens_16": {"n_soft_tokens": 16},
+    # how early the memorisation check stops the VAE (0.15 is the default since 0.7; None: never)
+    "gap_0.25": {"memorisation_gap": 0.25},
+    "gap_none": {"memorisation_gap": None},
+    "aux_steps_3": {"aux_steps": 3, "aux_stop_gap": None},
+    # version 0.8: the heads-only steps end once the gap passes aux_stop_gap (0.05); before, they never did
+    "v0.7_default": {"aux_stop_gap": None},
 }
 
 
@@ -73,6 +79,8 @@ def run_one(dataset: str, config: str, minutes: float, samples: int, seed: int, 
     rec = {"dataset": dataset, "config": config, "params": ABLATIONS[config], "seed": seed, "minutes": minutes,
            "fit_seconds": round(fit_s, 1), "vae_steps": s.history_["vae"][-1]["step"],
            "best_val_nll": min(h["val_nll"] for h in s.history_["vae"]),
+           "vae_stopped": s.history_["stopped"]["vae"],
+           "memorisation_gaps": [h.get("memorisation_gap") for h in s.history_["vae"]],
            "diffusion_steps": s.history_["diffusion"][-1]["step"] if s.history_["diffusion"] else 0,
            "tokens_per_row": round(s.tokens_per_row_, 1), "choices_per_row": round(s.choices_per_row_, 1),
            "samples": samples, "rows_per_second": round(samples / sample_s, 2),

@@ -44,11 +44,21 @@ def denoise(net, x, sigma):
 
 def edm_loss(net, x, generator=None):
     """EDM training loss on clean latents x [B, D]: ln sigma ~ N(-1.2, 1.2^2), weighted denoising MSE."""
-    # noise drawn on the generator's device (the CPU) and moved: the same draws on every device
+    sigma, noise = edm_noise(x, generator)
+    return edm_terms(net, x, sigma, noise).mean()
+
+
+def edm_noise(x, generator=None):
+    """The noise level sigma [B, 1] and the noise [B, D] for a batch of latents x [B, D]."""
+    # drawn on the generator's device (the CPU) and moved: the same draws on every device
     sigma = (torch.randn(x.shape[0], 1, generator=generator) * 1.2 - 1.2).exp().to(x.device)
-    noisy = x + torch.randn(x.shape, generator=generator).to(x.device) * sigma
+    return sigma, torch.randn(x.shape, generator=generator).to(x.device)
+
+
+def edm_terms(net, x, sigma, noise):
+    """Each row's weighted denoising error [B] for latents x [B, D] noised by ``sigma * noise``."""
     weight = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
-    return (weight * (denoise(net, noisy, sigma) - x) ** 2).mean()
+    return (weight * (denoise(net, x + noise * sigma, sigma) - x) ** 2).mean(1)
 
 
 @torch.no_grad()

@@ -70,8 +70,9 @@ class Injector(nn.Module):
         return self.proj(z).unsqueeze(1) if self.method == "embedding" else None
 
     def memory(self, z: torch.Tensor, dtype) -> DynamicCache | None:
-        if self.method != "kv_memory":
-            return None
-        B = z.shape[0]
-        kv = self.proj(z).to(dtype).view(B, self.n_layers, 2, self.n_kv, 1, self.head_dim)
+        return self.memory_from(self.proj(z), dtype) if self.method == "kv_memory" else None
+
+    def memory_from(self, kv: torch.Tensor, dtype) -> DynamicCache:
+        """The projection's output [B, layers * 2 * heads * head_dim] -> one key/value slot per layer."""
+        kv = kv.to(dtype).view(kv.shape[0], self.n_layers, 2, self.n_kv, 1, self.head_dim)
         return DynamicCache([(kv[:, i, 0], kv[:, i, 1]) for i in range(self.n_layers)])

@@ -118,29 +118,45 @@ class RowModel(nn.Module):
         allows (the distribution the sampler draws from). Returns (nll [M] in nats, row [M], column [M])
         for the M choices of the batch.
         """
+        return self.nll_given(self.latent_inputs(z), toks, states, valid)
+
+    def latent_inputs(self, z: torch.Tensor) -> dict:
+        """What the latent z [B, D] feeds the frozen decoder and the logits: ``prefix`` [B, P, H], ``offset``
+        [B, 1, H] (embedding injection), ``kv`` [B, layers * 2 * heads * head_dim] (kv_memory) and ``table``
+        [B, G, K] (the latent head); None where the model has no such input."""
+        inj = self.injector
+        return {"prefix": inj.prefix_embeds(z), "offset": inj.token_offset(z),
+                "kv": inj.proj(z) if inj.method == "kv_memory" else None,
+                "table": None if self.latent_head is None else self.latent_head(z)}
+
+    def nll_given(self, parts: dict, toks, states, valid):
+        """:meth:`forward` from the latent's inputs (:meth:`latent_inputs`) instead of the latent."""
         dev = self.device
         toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
         inj = self.injector
         emb = self.decoder.get_input_embeddings()
         x = emb(toks[:, :-1]).float()  # [B, L-1, H]
-        off = inj.token_offset(z)
-        if off is not None:
-            x = x + off
-        x = torch.cat([inj.prefix_embeds(z), x], 1).to(self.decoder.dtype)  # [B, P+L-1, H]
-        h, _ = run_base(self.decoder.base_model, x, inj.memory(z, self.decoder.dtype))
+        if parts["offset"] is not None:
+            x = x + parts["offset"]
+        x = torch.cat([parts["prefix"], x], 1).to(self.decoder.dtype)  # [B, P+L-1, H]
+        memory = None if parts["kv"] is None else inj.memory_from(parts["kv"], self.decoder.dtype)
+        h, _ = run_base(self.decoder.base_model, x, memory)
         h = h[:, inj.n_prefix - 1:]  # the hidden state that predicts token j sits at P - 1 + j
         bi, ji, st = self._choices(states, valid)
-        table = None if self.latent_head is None else self.latent_head(z)
-        logits = self.logits(h[bi, ji], st, table, bi)
+        logits = self.logits(h[bi, ji], st, parts["table"], bi)
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
     def head_nll(self, z, toks, states, valid):
         """NLL of every choice under the latent logit head alone (no decoder pass): the auxiliary loss that
         makes the latent carry every column. Same arguments and returns as :meth:`forward`."""
+        return self.head_nll_given(self.latent_head(z), toks, states, valid)
+
+    def head_nll_given(self, table, toks, states, valid):
+        """:meth:`head_nll` from the latent head's output table [B, G, K]."""
         dev = self.device
         toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
         bi, ji, st = self._choices(states, valid)
-        logits = self._masked(self.latent_head(z)[bi, self.grammar.group[st]], st)
+        logits = self._masked(table[bi, self.grammar.group[st]], st)
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
     # -- sampling ----------------------------------------------------------------------------------------
@@ -304,6 +320,87 @@ class RowVAE(nn.Module):
         nll = torch.zeros(B, device=choices[0].device).index_add(0, choices[1], choices[0])
         return VAEOutput(loss, nll, kl)
 
+    def _row_average(self, nll, rows, cols, n_rows):
+        """Each row's own average [B] (of its cells' mean NLL, or of its tokens): a row's loss that no other
+        row of the batch changes, as DP-SGD's per-row gradients need."""
+        if self.column_loss == "column":
+            n_cols = self.rows.grammar.n_columns
+            cell = rows * n_cols + cols
+            tot = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, nll)
+            cnt = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, torch.ones_like(nll))
+            means, keep = (tot / cnt.clamp(min=1)).view(n_rows, n_cols), (cnt > 0).view(n_rows, n_cols)
+            return means.sum(1) / keep.sum(1).clamp(min=1)
+        tot = torch.zeros(n_rows, device=nll.device).index_add(0, rows, nll)
+        return tot / torch.zeros(n_rows, device=nll.device).index_add(0, rows, torch.ones_like(nll)).clamp(min=1)
+
+    def private_grads(self, input_ids, attention_mask, features, toks, states, valid, eps, beta: float,
+                      heads_only: bool, params: list) -> tuple[list, torch.Tensor]:
+        """Each row's gradient of its own loss (beta x KL + aux x head CE + CE, as :meth:`forward`) for
+        ``params``, the trained parameters between the backbone and the frozen decoder (the backbone must
+        be frozen). Returns ([B, *p.shape] per parameter, nll [B]).
+
+        One batched pass through the decoder: rows do not interact, so the gradient of the summed row losses
+        at the latent path's outputs (mu, logvar, the decoder's inputs, the latent head's table) is each
+        row's own; torch.func then pulls it back through the small latent path row by row (vmap of vjp).
+        """
+        from torch.func import functional_call, vjp, vmap
+
+        dev = self.rows.device
+        with torch.no_grad():
+            pooled = self.encoder.pooled(input_ids.to(dev), attention_mask.to(dev), features)  # [B, hidden + F]
+            path = LatentPath(self.encoder, self.rows, heads_only)
+            outs = path(pooled, eps.to(dev))
+        leaves = {k: v.detach().requires_grad_() for k, v in outs.items()}
+        B = len(toks)
+        loss = beta * 0.5 * (leaves["mu"].pow(2) + leaves["logvar"].exp() - leaves["logvar"] - 1).mean(1)  # [B]
+        if self.aux_weight or heads_only:
+            head = self.rows.head_nll_given(leaves["table"], toks, states, valid)
+            loss = loss + self.aux_weight * self._row_average(*head, B)
+        choices = head if heads_only else self.rows.nll_given({k: leaves.get(k) for k in ("prefix", "offset", "kv", "table")},
+                                                              toks, states, valid)
+        if not heads_only:
+            loss = loss + self._row_average(*choices, B)
+        nll = torch.zeros(B, device=dev).index_add(0, choices[1], choices[0].detach())
+        keys = list(leaves)
+        cots = [torch.zeros_like(leaves[k]) if g is None else g
+                for k, g in zip(keys, torch.autograd.grad(loss.sum(), [leaves[k] for k in keys], allow_unused=True))]
+        named = {n: p.detach() for n, p in path.named_parameters()}
+
+        def one(pooled_r, eps_r, *cot_r):  # one row: the latent path's vector-Jacobian product with its cotangents
+            _, pull = vjp(lambda ps: tuple(functional_call(path, ps, (pooled_r[None], eps_r[None])).values()), named)
+            return pull(tuple(c[None] for c in cot_r))[0]
+
+        grads = vmap(one)(pooled, eps.to(dev), *cots)
+        name_of = {id(p): n for n, p in path.named_parameters()}
+        return [grads[name_of[id(p)]] if id(p) in name_of else torch.zeros(B, *p.shape, device=p.device)
+                for p in params], nll
+
     def generate(self, z: torch.Tensor, *args, **kwargs):
         """Rows from latents z [B, D]: :meth:`RowModel.generate`, through the same logits as training."""
         return self.rows.generate(z, *args, **kwargs)
+
+
+class LatentPath(nn.Module):
+    """The trained part between the text encoder's backbone and the frozen decoder, as one module: pooled
+    reading [B, hidden + F] and noise eps [B, D] -> {mu, logvar [B, D], and what z feeds the decoder:
+    prefix, offset, kv (:meth:`RowModel.latent_inputs`), table}; entries the model lacks are left out.
+    It holds the encoder's head, the injector and the latent head (the same modules, not copies), so
+    torch.func can differentiate it with respect to their parameters alone."""
+
+    def __init__(self, encoder, rows: RowModel, heads_only: bool = False):
+        super().__init__()
+        object.__setattr__(self, "_encoder", encoder)  # for head_forward; its backbone is not registered here
+        self.head = encoder.head
+        self.latent_head = rows.latent_head
+        self.injector = None if heads_only else rows.injector
+        object.__setattr__(self, "_rows", rows)
+
+    def forward(self, pooled, eps):
+        mu, logvar = self._encoder.head_forward(pooled)
+        z = mu + eps * (0.5 * logvar).exp()  # [B, D]
+        out = {"mu": mu, "logvar": logvar}
+        if self.injector is not None:
+            out.update(self._rows.latent_inputs(z))
+        elif self.latent_head is not None:
+            out["table"] = self.latent_head(z)
+        return {k: v for k, v in out.items() if v is not None}

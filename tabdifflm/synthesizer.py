@@ -25,6 +25,7 @@ from .constraints import Constraint, FixedCombinations, Positive, broken_rows, c
 from .constraints import from_dict as constraint_from_dict
 from .decoder import DEFAULT_DECODER, DecoderAdapter, fingerprint, load_decoder, quiet_unless_verbose, resolve_dtype
 from .diffusion import MLPDenoiser, sample_heun
+from .dp import PrivacyLedger, default_delta
 from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
 from .features import RowFeaturizer
 from .grammar import END, InvalidValue, RowGrammar
@@ -39,8 +40,11 @@ from .training import VAEData, mu_dev, pad_batch, time_diffusion_step, train_dif
 MIN_ROWS = 10
 MIN_PROBE_ROWS = 20  # fewer validation rows than this: the memorisation gap is too noisy to act on
 PROBE_ROWS = 64  # training rows scored at each evaluation for the gap
+DP_DIFFUSION_BATCH = 256  # expected Poisson batch of the prior's DP-SGD steps (at most half the rows)
+DP_STEP_COST = 3  # a DP denoiser step (per-row gradients of 256 rows) against a plain 512-row step, for the reserve
 LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hidden": 0, "aux_weight": 0.0,
-                 "aux_steps": 0, "row_features": False, "column_loss": "token", "memorisation_gap": None,
+                 "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
+                 "memorisation_gap": None,
                  "privacy_sample": 0}
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
@@ -127,6 +131,11 @@ class DiffLMSynthesizer(BaseEstimator):
         Steps on that loss after each decoder step, training the encoder head and the latent head on the
         text encoder's forward pass only. They cost no decoder pass, so the latent learns the columns far
         faster than through the LLM alone. Default 10 (3 before version 0.4; measured in docs/design.md).
+    aux_stop_gap : float or None
+        The heads-only steps stop for the rest of the VAE stage once an evaluation's memorisation gap (see
+        ``memorisation_gap``) is above this: they show the heads the training rows ten times per decoder
+        step, which is what learns the rows by heart first; the decoder steps go on. None: they never stop
+        (before version 0.8). Needs the gap, i.e. ``memorisation_gap`` set and 20 validation rows.
     row_features : bool
         Give the encoder head each value exactly (numbers as training quantiles, categories one-hot) beside
         the text encoder's pooled reading, so small but decisive columns reach the latent. False = the
@@ -151,6 +160,20 @@ class DiffLMSynthesizer(BaseEstimator):
         Rows sampled at the end of fit for ``privacy_report_``: how much closer they sit to the training
         rows than the validation rows (never learnt from) do, and exact copies; at most the number of
         validation rows, within ``max_time``. 0: no report.
+    dp_epsilon : float or None
+        Train with differential privacy (DP-SGD, Opacus's clipping, noise and RDP accounting) to this epsilon:
+        every stage that learns from the rows (the VAE's encoder head, injector, latent head and LoRA adapter;
+        the diffusion prior) takes per-row clipped, noised steps on Poisson batches. The text encoder's
+        backbone stays frozen, every row is a training row (no validation slice: no checkpoint choice,
+        memorisation check or DCR report; beta stays ``max_beta``), the VAE plans ``max_epochs`` epochs and
+        the prior a fifth of ``diffusion_train_steps`` on batches of about 256 rows. ``privacy_report_``
+        gives the epsilon spent (less than planned when ``max_time`` ends the fit first). Not covered: the
+        schema read from the data (column names, category sets, number widths and decimals, the row
+        features' quantile grid); see the fitting guide. None: no DP (default).
+    dp_delta : float or None
+        The delta of (epsilon, delta)-DP; None: 1 / (10 x rows).
+    dp_max_grad_norm : float
+        Each row's gradient is clipped to this L2 norm before noise is added.
     decoder_adapter : {None, "lora"}
         None (default, the paper): the decoder LLM stays exactly as pretrained. "lora": low-rank adapters
         (peft's LoRA, on peft's default modules for the architecture) are trained on a private copy of the
@@ -198,6 +221,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "latent_head_hidden": [Interval(numbers.Integral, 0, None, closed="left")],
         "aux_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "aux_steps": [Interval(numbers.Integral, 0, None, closed="left")],
+        "aux_stop_gap": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "column_loss": [StrOptions({"column", "token"})],
         "max_beta": [Interval(numbers.Real, 0, None, closed="neither")],
         "min_beta": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -205,6 +229,9 @@ class DiffLMSynthesizer(BaseEstimator):
         "max_time": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "memorisation_gap": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "privacy_sample": [Interval(numbers.Integral, 0, None, closed="left")],
+        "dp_epsilon": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "dp_delta": [Interval(numbers.Real, 0, 1, closed="neither"), None],
+        "dp_max_grad_norm": [Interval(numbers.Real, 0, None, closed="neither")],
         "decoder_adapter": [StrOptions({"lora"}), None],
         "lora_rank": _pos_int, "lora_alpha": [Interval(numbers.Real, 0, None, closed="neither")],
         "batch_size": _pos_int,
@@ -225,9 +252,10 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
-                 latent_head_hidden=256, aux_weight=1.0, aux_steps=10, row_features=True, column_loss="column",
+                 latent_head_hidden=256, aux_weight=1.0, aux_steps=10, aux_stop_gap=0.05, row_features=True, column_loss="column",
                  max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, memorisation_gap=0.15,
-                 privacy_sample=200, decoder_adapter=None, lora_rank=8,
+                 privacy_sample=200, dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
+                 decoder_adapter=None, lora_rank=8,
                  lora_alpha=16.0, batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
@@ -244,6 +272,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.latent_head_hidden = latent_head_hidden
         self.aux_weight = aux_weight
         self.aux_steps = aux_steps
+        self.aux_stop_gap = aux_stop_gap
         self.row_features = row_features
         self.column_loss = column_loss
         self.max_beta = max_beta
@@ -252,6 +281,9 @@ class DiffLMSynthesizer(BaseEstimator):
         self.max_time = max_time
         self.memorisation_gap = memorisation_gap
         self.privacy_sample = privacy_sample
+        self.dp_epsilon = dp_epsilon
+        self.dp_delta = dp_delta
+        self.dp_max_grad_norm = dp_max_grad_norm
         self.decoder_adapter = decoder_adapter
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
@@ -286,7 +318,13 @@ class DiffLMSynthesizer(BaseEstimator):
                              "numbers); use number_format='plain' with serialization='json'")
         if self.injection == "soft_prompt" and self.n_prefix_tokens + self.n_soft_tokens < 1:
             raise ValueError("soft_prompt needs at least one token")
-        for name in ("aux_weight", "max_beta", "max_time", "learning_rate", "temperature"):
+        if self.dp_epsilon is not None and self.prior != "diffusion":
+            raise ValueError(f"dp_epsilon needs prior='diffusion' (trained with DP-SGD); prior={self.prior!r} "
+                             "would release the latents' covariance without noise")
+        if self.dp_epsilon is not None and parallel.launched():
+            raise ValueError("dp_epsilon does not run under torchrun: fit with differential privacy in one process")
+        for name in ("aux_weight", "max_beta", "max_time", "learning_rate", "temperature", "dp_epsilon",
+                     "dp_max_grad_norm"):
             v = getattr(self, name)
             if v is not None and math.isinf(v):
                 raise ValueError(f"{name} must be finite, got {v!r}")
@@ -374,7 +412,11 @@ class DiffLMSynthesizer(BaseEstimator):
         self.n_features_in_ = len(user_columns)
         self.feature_names_in_ = np.asarray(user_columns, dtype=object)
         deadline = math.inf if self.max_time is None else t_start + float(self.max_time)
-        self.privacy_report_ = self._privacy_report(df, train_idx, val_idx, deadline)
+        if self._ledger is not None:  # the guarantee is the report: no rows were held out to compare with
+            self.privacy_report_ = {"differential_privacy": self._ledger.report()}
+        else:
+            self.privacy_report_ = self._privacy_report(df, train_idx, val_idx, deadline)
+        del self._ledger
         self.fit_seconds_ = time.monotonic() - t_start
         return self
 
@@ -425,9 +467,19 @@ class DiffLMSynthesizer(BaseEstimator):
                        features=featurizer.transform(rows) if featurizer else None)
         self._check_preparation(t_start, budget, n, n)
 
-        n_val = int(min(max(2, round(self.validation_size * n)), 256))
+        ledger = None
+        if self.dp_epsilon is not None:  # every row trains; the backbone is a fixed reader of the rows
+            ledger = PrivacyLedger(float(self.dp_epsilon), self.dp_delta or default_delta(n), self.dp_max_grad_norm)
+            encoder.backbone.requires_grad_(False)
+        n_val = 0 if ledger else int(min(max(2, round(self.validation_size * n)), 256))
         perm = torch.randperm(n, generator=gen)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
+        dp_diffusion_steps = max(1, self.diffusion_train_steps // 5)
+        if ledger:
+            n_aux = int(self.aux_steps) if self.latent_head and self.aux_weight else 0
+            ledger.plan({"vae": (min(self.batch_size / n, 1.0),
+                                 self.max_epochs * math.ceil(n / self.batch_size) * (1 + n_aux)),
+                         "diffusion": (min(DP_DIFFUSION_BATCH, n / 2) / n, dp_diffusion_steps)})
         # training rows scored like the validation rows, for the memorisation gap: at most 64, since each
         # evaluation of them costs decoder passes (own stream: the batches are the same with or without it)
         probe_idx = None
@@ -439,8 +491,9 @@ class DiffLMSynthesizer(BaseEstimator):
         reserve = 0.0
         if self.max_time is not None and self.prior == "diffusion":
             # x1.5: the machine's load can change between the timing and the stage
-            reserve = min(1.5 * self.diffusion_train_steps * time_diffusion_step(self.latent_dim, n), 0.4 * budget)
-        check_s = 0.03 * budget if self.privacy_sample and math.isfinite(budget) else 0.0  # privacy_report_
+            steps = dp_diffusion_steps * DP_STEP_COST if ledger else self.diffusion_train_steps
+            reserve = min(1.5 * steps * time_diffusion_step(self.latent_dim, n), 0.4 * budget)
+        check_s = 0.03 * budget if self.privacy_sample and n_val and math.isfinite(budget) else 0.0  # privacy_report_
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget - check_s
         history = {"vae": [], "diffusion": [], "stopped": {}}
         vae = RowVAE(encoder, RowModel(self._decoder, injector, grammar, head, adapter), column_loss=self.column_loss,
@@ -449,23 +502,26 @@ class DiffLMSynthesizer(BaseEstimator):
             vae, data, train_idx, val_idx, max_epochs=self.max_epochs,
             deadline=vae_deadline, batch_size=self.batch_size, learning_rate=self.learning_rate,
             encoder_learning_rate=self.encoder_learning_rate, max_beta=self.max_beta, min_beta=self.min_beta,
-            eval_every=self.eval_every, aux_steps=int(self.aux_steps), probe_idx=probe_idx,
-            memorisation_gap=self.memorisation_gap if probe_idx is not None else None, generator=gen,
+            eval_every=self.eval_every, aux_steps=int(self.aux_steps), aux_stop_gap=self.aux_stop_gap,
+            probe_idx=probe_idx,
+            memorisation_gap=self.memorisation_gap if probe_idx is not None else None, dp=ledger, generator=gen,
             verbose=self.verbose)
 
         # the prior learns the training slice only: the validation rows stay unseen by every stage, so
         # privacy_report_ can compare the model's rows with rows it never learnt from
         mu = self._encode_means(encoder, data, train_idx.tolist())
-        self.latent_mean_ = mu.mean(0)
+        # under DP the latents' mean would be released without noise: the KL term centres them near 0 anyway
+        self.latent_mean_ = torch.zeros(mu.shape[1]) if ledger else mu.mean(0)
         zn = (mu - self.latent_mean_) / 2  # TabSyn/DiffLM normalisation
         if self.prior == "diffusion":
+            planned = dp_diffusion_steps if ledger else self.diffusion_train_steps
             self.denoiser_, history["diffusion"] = train_diffusion(
-                zn, steps=self.diffusion_train_steps, deadline=t_start + 0.98 * budget - check_s, generator=gen,
-                verbose=self.verbose, device=self._device())
+                zn, steps=planned, deadline=t_start + 0.98 * budget - check_s, generator=gen,
+                dp=ledger, verbose=self.verbose, device=self._device())
             ran = history["diffusion"][-1]["step"] + 1 if history["diffusion"] else 0
-            history["stopped"]["diffusion"] = "steps" if ran >= self.diffusion_train_steps else "time budget"
-            if ran < self.diffusion_train_steps:
-                warnings.warn(f"the time budget left the diffusion prior {ran} of {self.diffusion_train_steps} "
+            history["stopped"]["diffusion"] = "steps" if ran >= planned else "time budget"
+            if ran < planned:
+                warnings.warn(f"the time budget left the diffusion prior {ran} of {planned} "
                               "training steps; raise max_time or lower diffusion_train_steps", UserWarning,
                               stacklevel=3)
         else:
@@ -484,6 +540,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.tokens_per_row_ = float(np.mean([len(t) for t in toks]))
         self.choices_per_row_ = float(np.mean([sum(grammar.n_choices(q) > 1 for q in st) for st in states]))
         self._sample_gen = torch.Generator().manual_seed(seed + 1)
+        self._ledger = ledger
         return train_idx, val_idx
 
     @staticmethod

@@ -9,8 +9,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import parallel
-from .diffusion import MLPDenoiser, edm_loss
-from .model import RowVAE, column_balanced_mean  # noqa: F401  (column_balanced_mean: re-exported)
+from .diffusion import MLPDenoiser, edm_loss, edm_noise, edm_terms
+from .model import RowVAE, VAEOutput, column_balanced_mean  # noqa: F401  (column_balanced_mean: re-exported)
 
 
 def pad_batch(seqs: list[list[int]], states: list[list[int]], done_state: int):
@@ -78,8 +78,8 @@ def evaluate_nll(vae: RowVAE, data: VAEData, idx, batch_size):
 
 def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
-              beta_patience=2, eval_every=25, aux_steps=0, probe_idx=None, memorisation_gap=None,
-              generator=None, verbose=True, log=None):
+              beta_patience=2, eval_every=25, aux_steps=0, aux_stop_gap=None, probe_idx=None, memorisation_gap=None,
+              dp=None, generator=None, verbose=True, log=None):
     """Train the VAE's encoder, injector and latent logit head against its frozen decoder (:class:`RowVAE`
     computes the loss: CE + aux_weight x head CE + beta x KL).
 
@@ -97,7 +97,14 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     Memorisation: with ``probe_idx`` (some training rows) each evaluation also scores those rows the same
     way; the gap (val NLL - probe NLL) / val NLL is how much better the model knows rows it was trained on
     than rows it never saw (about 0 for a model that has learnt the table, not its rows). With ``memorisation_gap`` set, a checkpoint whose gap is above it is
-    never kept, and the stage stops after two such evaluations in a row.
+    never kept, and the stage stops after two such evaluations in a row. With ``aux_stop_gap`` the heads-only
+    steps end for good once a gap is above it (they pass over the training rows ``aux_steps`` times faster
+    than the decoder steps, and so learn them by heart first); the record says so (``aux_stopped``).
+
+    Differential privacy: with ``dp`` (a :class:`~tabdifflm.dp.PrivacyLedger` whose stage "vae" is planned)
+    every step, decoder and heads-only alike, is a DP-SGD step on a Poisson batch of the training rows (the
+    text encoder's backbone must be frozen by the caller); there is no validation slice to choose a
+    checkpoint or lower beta with, so beta stays ``max_beta`` and the last state is kept.
 
     Returns (history, why it stopped): history is a list of dicts (elapsed s, step, epoch, beta, train and
     validation NLL per row, and with ``probe_idx`` the probe's NLL and the gap); the reason is one of
@@ -112,6 +119,16 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     trainable = [p for p in vae.parameters() if p.requires_grad]
     net = parallel.data_parallel(vae)  # the module itself with one process
     opt = torch.optim.AdamW(params, weight_decay=0.0)
+    private = private_heads = None
+    if dp is not None:  # heads-only steps get their own optimiser: noise only on the parameters they train
+        from .dp import DPSGD
+
+        def dpsgd(ps):
+            return DPSGD(torch.optim.AdamW(ps, lr=learning_rate, weight_decay=0.0), dp, "vae", len(train_idx), generator)
+
+        private = dpsgd([p for p in vae.parameters() if p.requires_grad and id(p) not in backbone])
+        heads = [*vae.encoder.head.parameters(), *(vae.rows.latent_head.parameters() if vae.rows.latent_head else [])]
+        private_heads = dpsgd([p for p in heads if p.requires_grad])
     beta, best, stall, over = max_beta, math.inf, 0, 0
     best_state = None
     reason = "max_epochs"
@@ -129,6 +146,8 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     def run(part, heads_only=False):
         """One optimiser step on the rows ``part`` (this process's share of them). Returns the output."""
         # noise drawn for the whole batch, then this process's share: every process's generator stays in step
+        if private is not None:
+            return run_private(heads_only)
         eps = parallel.shard(torch.randn(len(part), latent_dim, generator=generator))
         out = net(*data.batch(parallel.shard(part).tolist()), eps, beta, heads_only)
         opt.zero_grad(set_to_none=True)
@@ -137,11 +156,40 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
         opt.step()
         return out
 
+    def run_private(heads_only):
+        """One DP-SGD step on a Poisson batch of the training rows (its own draw, not the epoch's order)."""
+        from .dp import per_row_grads
+
+        opt = private_heads if heads_only else private
+        part = opt.batch(train_idx).tolist()
+        eps = torch.randn(len(part), latent_dim, generator=generator)
+        if not part:
+            grads, nll = [torch.zeros(0, *p.shape) for p in opt.params], torch.zeros(0)
+        elif vae.rows.adapter is None:  # one batched decoder pass (the adapter's weights sit inside the decoder)
+            grads, nll = vae.private_grads(*data.batch(part), eps, beta, heads_only, opt.params)
+        else:  # LoRA: row by row
+            at = {r: i for i, r in enumerate(part)}
+            nll = torch.zeros(len(part))
+
+            def loss_of(rows):
+                out = vae(*data.batch(rows), eps[at[rows[0]]][None], beta, heads_only)
+                nll[at[rows[0]]] = float(out.nll.detach())
+                return out.loss
+
+            grads = per_row_grads(loss_of, part, opt.params)
+        opt.step(grads)
+        return VAEOutput(None, nll, None)
+
     eval_s = step_s = 0.0  # longest validation pass, latest training step
 
     def evaluate(epoch):
         """Score the validation (and probe) rows; True when the stage should stop for memorisation."""
-        nonlocal best, stall, beta, best_state, eval_s, over
+        nonlocal best, stall, beta, best_state, eval_s, over, n_aux
+        if not len(val_idx):  # under DP: no held-out rows, the training NLL is all there is to record
+            history.append({"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch,
+                            "beta": beta, "train_nll": round(sum(running) / max(len(running), 1), 3)})
+            running.clear()
+            return False
         t_eval = time.monotonic()
         v = evaluate_nll(vae, data, val_idx.tolist(), batch_size)
         rec = {"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch, "beta": beta,
@@ -153,6 +201,9 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
             rec.update(probe_nll=round(p, 3), memorisation_gap=round(gap, 4))
             memorising = memorisation_gap is not None and gap > memorisation_gap
             over = over + 1 if memorising else 0
+            if n_aux and aux_stop_gap is not None and gap > aux_stop_gap:
+                n_aux = 0
+                rec["aux_stopped"] = True
         running.clear()
         history.append(rec)
         if log:
@@ -187,9 +238,10 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
                 run(train_idx[torch.randint(0, len(train_idx), (batch_size,), generator=generator)], heads_only=True)
             step += 1
             step_s = time.monotonic() - t_step  # the latest step: follows the machine's current load
-            running.append(float(out.nll.detach().mean()))
+            if len(out.nll):  # a Poisson batch (DP) can be empty
+                running.append(float(out.nll.detach().mean()))
+                bar.set_description(f"VAE nll/row {running[-1]:.1f}")
             bar.update(1)
-            bar.set_description(f"VAE nll/row {running[-1]:.1f}")
             if step % eval_every == 0 and evaluate(epoch):
                 reason, stop = "memorisation", True
                 break
@@ -225,8 +277,12 @@ def time_diffusion_step(dim: int, n: int, batch_size: int = 512, hidden: int = 1
 
 
 def train_diffusion(latents: torch.Tensor, *, steps: int, deadline: float, batch_size: int = 512, lr: float = 1e-3,
-                    hidden: int = 1024, t_dim: int = 256, generator=None, verbose=True, device="cpu"):
-    """Fit the EDM denoiser on normalised latents [N, D] on ``device``. Returns (denoiser, loss history)."""
+                    hidden: int = 1024, t_dim: int = 256, dp=None, generator=None, verbose=True, device="cpu"):
+    """Fit the EDM denoiser on normalised latents [N, D] on ``device``. Returns (denoiser, loss history).
+
+    With ``dp`` (a :class:`~tabdifflm.dp.PrivacyLedger` whose stage "diffusion" is planned) every step is a
+    DP-SGD step on a Poisson batch, its per-row gradients computed in one vectorised pass.
+    """
     # initialised from the stage's own generator, not torch's global stream (which dropout has consumed
     # by then, differently in each process under torchrun)
     with torch.random.fork_rng(devices=[]):
@@ -235,15 +291,28 @@ def train_diffusion(latents: torch.Tensor, *, steps: int, deadline: float, batch
     latents = latents.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
+    private = None
+    if dp is not None:
+        from .dp import DPSGD, vmap_grads
+
+        private = DPSGD(opt, dp, "diffusion", latents.shape[0], generator)
+        pool = torch.arange(latents.shape[0])
     history = []
     bar = tqdm(range(steps), desc="diffusion", disable=not verbose or not parallel.is_main(), dynamic_ncols=True)
     ema = None
     for step in bar:
-        idx = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=generator)
-        loss = edm_loss(net, latents[idx.to(device)], generator=generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if private is not None:
+            x = latents[private.batch(pool).to(device)]
+            sigma, noise = edm_noise(x, generator)
+            private.step(vmap_grads(net, lambda f, *row: edm_terms(f, *row).mean(), x, sigma, noise))
+            with torch.no_grad():
+                loss = edm_terms(net, x, sigma, noise).mean() if len(x) else torch.tensor(0.0)
+        else:
+            idx = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=generator)
+            loss = edm_loss(net, latents[idx.to(device)], generator=generator)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         sched.step()
         loss_v = float(loss.detach())
         ema = loss_v if ema is None else 0.98 * ema + 0.02 * loss_v
