@@ -67,6 +67,8 @@ def cmd_fit(a) -> None:
         params["max_time"] = a.minutes * 60
     if a.epochs is not None:
         params["max_epochs"] = a.epochs
+    if a.dp_epsilon is not None:
+        params["dp_epsilon"] = a.dp_epsilon
     for key in ("encoder", "decoder", "device"):
         if getattr(a, key) is not None:
             params[key] = getattr(a, key)
@@ -97,6 +99,10 @@ def cmd_fit(a) -> None:
     print(f"fitted {len(df)} rows x {df.shape[1]} columns in {s.fit_seconds_:.0f} s; model written to {a.output}",
           file=sys.stderr)
     rep = s.privacy_report_
+    if rep and "differential_privacy" in rep:
+        dp = rep["differential_privacy"]
+        print(f"differential privacy: epsilon {dp['epsilon']:.2f} spent of {dp['target_epsilon']:g} "
+              f"(delta {dp['delta']:.2g})", file=sys.stderr)
     if rep and "closer_than_unseen" in rep:
         print(f"privacy check on {rep['rows']} new rows: closer to the training rows than unseen rows are "
               f"{rep['closer_than_unseen']:.2f} [{rep['interval_95'][0]:.2f}, {rep['interval_95'][1]:.2f}] "
@@ -157,8 +163,8 @@ def cmd_info(a) -> None:
             "columns": [{k: c.get(k) for k in ("name", "kind", "dtype") if k in c} for c in cols],
             "decoder": meta["decoder_ref"].get("decoder"), "decoder_dtype": meta["decoder_ref"].get("dtype"),
             "encoder": meta["encoder_ref"].get("encoder"), "fit_seconds": meta.get("fit_seconds"),
-            "vae_steps": vae[-1].get("step"), "best_validation_nll": min((r.get("val_nll", float("inf"))
-                                                                          for r in vae), default=None),
+            "vae_steps": vae[-1].get("step"),
+            "best_validation_nll": min((r["val_nll"] for r in vae if "val_nll" in r), default=None),
             "stopped": meta.get("history", {}).get("stopped"), "privacy_report": meta.get("privacy_report"),
             "params": meta["params"]}
     print(json.dumps(info, indent=1, default=str))
@@ -176,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--minutes", type=float, help="time budget for the whole fit (default: max_epochs decides)")
     f.add_argument("--epochs", type=int, help="VAE epochs (max_epochs)")
     f.add_argument("--seed", type=int, default=0, help="random_state (default 0: the same file gives the same model)")
+    f.add_argument("--dp-epsilon", type=float, metavar="EPS",
+                   help="train with differential privacy to this epsilon (needs opacus; see the fitting guide)")
     f.add_argument("--drop", nargs="+", metavar="COLUMN", help="columns to leave out (ids, free text)")
     f.add_argument("--metadata", metavar="JSON", help="column types where inference guesses wrong: SDV's metadata.json "
                    "or {column: sdtype} (categorical, numerical, datetime, id, drop)")

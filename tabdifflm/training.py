@@ -164,7 +164,7 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
         part = opt.batch(train_idx).tolist()
         eps = torch.randn(len(part), latent_dim, generator=generator)
         if not part:
-            grads, nll = [torch.zeros(0, *p.shape) for p in opt.params], torch.zeros(0)
+            grads, nll = [torch.zeros(0, *p.shape, device=p.device) for p in opt.params], torch.zeros(0)
         elif vae.rows.adapter is None:  # one batched decoder pass (the adapter's weights sit inside the decoder)
             grads, nll = vae.private_grads(*data.batch(part), eps, beta, heads_only, opt.params)
         else:  # LoRA: row by row

@@ -123,3 +123,16 @@ def test_report_writes_a_page_with_its_figures(tmp_path, mixed_df):
     assert set(res["mle"]) == {"synthetic", "real"}
     with pytest.raises(ValueError, match="nope"):
         report(real, syn, target="nope", out=tmp_path / "x")
+
+
+def test_fit_with_differential_privacy_reports_the_spent_epsilon(adult_csv, tiny_args, capsys):
+    pytest.importorskip("opacus")
+    model = adult_csv / "dp.tdl"
+    args = [*tiny_args, "--param", "aux_steps=1", "--param", "diffusion_train_steps=10"]
+    assert main(["fit", str(adult_csv / "train.csv"), "-o", str(model), "--dp-epsilon", "4", *args]) == 0
+    err = capsys.readouterr().err
+    assert "differential privacy: epsilon" in err and "of 4 " in err and "privacy check on" not in err
+    assert main(["info", str(model)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["best_validation_nll"] is None  # every row trains under DP
+    assert 0 < info["privacy_report"]["differential_privacy"]["epsilon"] <= 4
