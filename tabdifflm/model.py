@@ -356,8 +356,8 @@ class RowVAE(nn.Module):
         if self.aux_weight or heads_only:
             head = self.rows.head_nll_given(leaves["table"], toks, states, valid)
             loss = loss + self.aux_weight * self._row_average(*head, B)
-        choices = head if heads_only else self.rows.nll_given({k: leaves.get(k) for k in ("prefix", "offset", "kv", "table")},
-                                                              toks, states, valid)
+        inputs = {k: leaves.get(k) for k in ("prefix", "offset", "kv", "table")}  # what z feeds the decoder
+        choices = head if heads_only else self.rows.nll_given(inputs, toks, states, valid)
         if not heads_only:
             loss = loss + self._row_average(*choices, B)
         nll = torch.zeros(B, device=dev).index_add(0, choices[1], choices[0].detach())

@@ -40,8 +40,7 @@ from .training import VAEData, mu_dev, pad_batch, time_diffusion_step, train_dif
 MIN_ROWS = 10
 MIN_PROBE_ROWS = 20  # fewer validation rows than this: the memorisation gap is too noisy to act on
 PROBE_ROWS = 64  # training rows scored at each evaluation for the gap
-DP_DIFFUSION_BATCH = 256  # expected Poisson batch of the prior's DP-SGD steps (at most half the rows)
-DP_STEP_COST = 3  # a DP denoiser step (per-row gradients of 256 rows) against a plain 512-row step, for the reserve
+DP_DIFFUSION_BATCH = 128  # expected Poisson batch of the prior's DP-SGD steps (at most half the rows)
 LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hidden": 0, "aux_weight": 0.0,
                  "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
                  "memorisation_gap": None,
@@ -135,7 +134,7 @@ class DiffLMSynthesizer(BaseEstimator):
         The heads-only steps stop for the rest of the VAE stage once an evaluation's memorisation gap (see
         ``memorisation_gap``) is above this: they show the heads the training rows ten times per decoder
         step, which is what learns the rows by heart first; the decoder steps go on. None: they never stop
-        (before version 0.8). Needs the gap, i.e. ``memorisation_gap`` set and 20 validation rows.
+        (before version 0.8). Acts with at least 20 validation rows, as the gap check does.
     row_features : bool
         Give the encoder head each value exactly (numbers as training quantiles, categories one-hot) beside
         the text encoder's pooled reading, so small but decisive columns reach the latent. False = the
@@ -166,7 +165,7 @@ class DiffLMSynthesizer(BaseEstimator):
         the diffusion prior) takes per-row clipped, noised steps on Poisson batches. The text encoder's
         backbone stays frozen, every row is a training row (no validation slice: no checkpoint choice,
         memorisation check or DCR report; beta stays ``max_beta``), the VAE plans ``max_epochs`` epochs and
-        the prior a fifth of ``diffusion_train_steps`` on batches of about 256 rows. ``privacy_report_``
+        the prior a tenth of ``diffusion_train_steps`` on batches of about 128 rows. ``privacy_report_``
         gives the epsilon spent (less than planned when ``max_time`` ends the fit first). Not covered: the
         schema read from the data (column names, category sets, number widths and decimals, the row
         features' quantile grid); see the fitting guide. None: no DP (default).
@@ -252,7 +251,8 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
-                 latent_head_hidden=256, aux_weight=1.0, aux_steps=10, aux_stop_gap=0.05, row_features=True, column_loss="column",
+                 latent_head_hidden=256, aux_weight=1.0, aux_steps=10, aux_stop_gap=0.05, row_features=True,
+                 column_loss="column",
                  max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, memorisation_gap=0.15,
                  privacy_sample=200, dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
                  decoder_adapter=None, lora_rank=8,
@@ -474,7 +474,7 @@ class DiffLMSynthesizer(BaseEstimator):
         n_val = 0 if ledger else int(min(max(2, round(self.validation_size * n)), 256))
         perm = torch.randperm(n, generator=gen)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
-        dp_diffusion_steps = max(1, self.diffusion_train_steps // 5)
+        dp_diffusion_steps = max(1, self.diffusion_train_steps // 10)
         if ledger:
             n_aux = int(self.aux_steps) if self.latent_head and self.aux_weight else 0
             ledger.plan({"vae": (min(self.batch_size / n, 1.0),
@@ -491,8 +491,13 @@ class DiffLMSynthesizer(BaseEstimator):
         reserve = 0.0
         if self.max_time is not None and self.prior == "diffusion":
             # x1.5: the machine's load can change between the timing and the stage
-            steps = dp_diffusion_steps * DP_STEP_COST if ledger else self.diffusion_train_steps
-            reserve = min(1.5 * steps * time_diffusion_step(self.latent_dim, n), 0.4 * budget)
+            if ledger:
+                step_s = time_diffusion_step(self.latent_dim, n, round(ledger.planned["diffusion"][0] * n),
+                                             trials=2, private=True)
+                reserve = min(1.5 * dp_diffusion_steps * step_s, 0.4 * budget)
+            else:
+                reserve = min(1.5 * self.diffusion_train_steps * time_diffusion_step(self.latent_dim, n),
+                              0.4 * budget)
         check_s = 0.03 * budget if self.privacy_sample and n_val and math.isfinite(budget) else 0.0  # privacy_report_
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget - check_s
         history = {"vae": [], "diffusion": [], "stopped": {}}

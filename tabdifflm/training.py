@@ -78,7 +78,8 @@ def evaluate_nll(vae: RowVAE, data: VAEData, idx, batch_size):
 
 def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
-              beta_patience=2, eval_every=25, aux_steps=0, aux_stop_gap=None, probe_idx=None, memorisation_gap=None,
+              beta_patience=2, eval_every=25, aux_steps=0, aux_stop_gap=None, probe_idx=None,
+              memorisation_gap=None,
               dp=None, generator=None, verbose=True, log=None):
     """Train the VAE's encoder, injector and latent logit head against its frozen decoder (:class:`RowVAE`
     computes the loss: CE + aux_weight x head CE + beta x KL).
@@ -96,10 +97,11 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
 
     Memorisation: with ``probe_idx`` (some training rows) each evaluation also scores those rows the same
     way; the gap (val NLL - probe NLL) / val NLL is how much better the model knows rows it was trained on
-    than rows it never saw (about 0 for a model that has learnt the table, not its rows). With ``memorisation_gap`` set, a checkpoint whose gap is above it is
-    never kept, and the stage stops after two such evaluations in a row. With ``aux_stop_gap`` the heads-only
-    steps end for good once a gap is above it (they pass over the training rows ``aux_steps`` times faster
-    than the decoder steps, and so learn them by heart first); the record says so (``aux_stopped``).
+    than rows it never saw (about 0 for a model that has learnt the table, not its rows). With
+    ``memorisation_gap`` set, a checkpoint whose gap is above it is never kept, and the stage stops after
+    two such evaluations in a row. With ``aux_stop_gap`` the heads-only steps end for good once a gap is
+    above it (they pass over the training rows ``aux_steps`` times faster than the decoder steps, and so
+    learn them by heart first); that evaluation's record says so (``aux_stopped``).
 
     Differential privacy: with ``dp`` (a :class:`~tabdifflm.dp.PrivacyLedger` whose stage "vae" is planned)
     every step, decoder and heads-only alike, is a DP-SGD step on a Poisson batch of the training rows (the
@@ -124,7 +126,8 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
         from .dp import DPSGD
 
         def dpsgd(ps):
-            return DPSGD(torch.optim.AdamW(ps, lr=learning_rate, weight_decay=0.0), dp, "vae", len(train_idx), generator)
+            opt = torch.optim.AdamW(ps, lr=learning_rate, weight_decay=0.0)
+            return DPSGD(opt, dp, "vae", len(train_idx), generator)
 
         private = dpsgd([p for p in vae.parameters() if p.requires_grad and id(p) not in backbone])
         heads = [*vae.encoder.head.parameters(), *(vae.rows.latent_head.parameters() if vae.rows.latent_head else [])]
@@ -260,19 +263,31 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
 
 
 def time_diffusion_step(dim: int, n: int, batch_size: int = 512, hidden: int = 1024, t_dim: int = 256,
-                        trials: int = 5) -> float:
+                        trials: int = 5, private: bool = False) -> float:
     """Seconds one denoiser training step takes here (timed on random latents, global RNG untouched), so
-    a time budget can reserve what the diffusion stage needs before the VAE spends it."""
+    a time budget can reserve what the diffusion stage needs before the VAE spends it. ``private``: a DP-SGD
+    step (per-row gradients of the batch, their norms), many times a plain step's cost."""
+    from .dp import vmap_grads
+
     with torch.random.fork_rng(devices=[]):
         net = MLPDenoiser(dim, hidden=hidden, t_dim=t_dim)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-        x = torch.randn(min(batch_size, n), dim)
-        edm_loss(net, x).backward()  # warm-up
+        x = torch.randn(max(1, min(batch_size, n)), dim)
+
+        def step():
+            opt.zero_grad()
+            if private:
+                grads = vmap_grads(net, lambda f, *row: edm_terms(f, *row).mean(), x, *edm_noise(x))
+                for p, g in zip(net.parameters(), grads):  # what clipping reads and writes
+                    p.grad = torch.einsum("i,i...", g.flatten(1).norm(dim=1), g)
+            else:
+                edm_loss(net, x).backward()
+            opt.step()
+
+        step()  # warm-up
         t = time.monotonic()
         for _ in range(trials):
-            opt.zero_grad()
-            edm_loss(net, x).backward()
-            opt.step()
+            step()
     return (time.monotonic() - t) / trials
 
 

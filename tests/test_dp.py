@@ -71,7 +71,7 @@ def test_dpsgd_clips_each_row_and_counts_its_steps():
 
 @pytest.fixture(scope="module")
 def private(tiny_kwargs):
-    kw = {**tiny_kwargs, "max_epochs": 1, "aux_steps": 1, "diffusion_train_steps": 10}
+    kw = {**tiny_kwargs, "max_epochs": 1, "aux_steps": 1, "diffusion_train_steps": 20}
     s = DiffLMSynthesizer(dp_epsilon=3.0, **kw)
     return s, s.fit(_rows(80))
 
@@ -83,7 +83,7 @@ def test_dp_fit_reports_the_epsilon_it_spent_and_trains_every_row(private):
     assert 2.9 <= rep["epsilon"] <= 3.0  # every planned step ran
     vae = rep["stages"]["vae"]
     assert vae["steps"] == vae["planned_steps"] == 10 * 2  # 80 rows / batch 8, each step with one heads-only step
-    assert rep["stages"]["diffusion"]["planned_steps"] == 2  # a fifth of diffusion_train_steps
+    assert rep["stages"]["diffusion"]["planned_steps"] == 2  # a tenth of diffusion_train_steps
     assert "val_nll" not in s.history_["vae"][-1]  # no validation slice under DP
     assert torch.equal(s.latent_mean_, torch.zeros_like(s.latent_mean_))
     out = s.sample(12)

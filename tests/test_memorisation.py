@@ -115,3 +115,27 @@ def test_the_vae_stops_after_two_memorising_evaluations(monkeypatch):
 def test_a_lone_memorising_evaluation_does_not_stop_the_vae(monkeypatch):
     hist, reason, _ = _scripted_vae(monkeypatch, [0.0, 0.3, 0.0])
     assert reason == "max_epochs" and len(hist) > 3
+
+
+def test_heads_only_steps_end_once_the_gap_passes_aux_stop_gap(tiny_kwargs, monkeypatch):
+    """Every decoder step is followed by aux_steps heads-only steps until the evaluation whose gap passes the
+    limit; none after it, while the decoder steps go on."""
+    from tabdifflm.model import RowVAE
+
+    calls = {"heads": 0}
+    real = RowVAE.forward
+
+    def counting(self, *a, **kw):
+        heads = kw.get("heads_only", a[8] if len(a) > 8 else False)
+        calls["heads"] += bool(heads) and self.training
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(RowVAE, "forward", counting)
+    kw = {**tiny_kwargs, "aux_steps": 2, "aux_stop_gap": 1e-6, "memorisation_gap": None}
+    s = DiffLMSynthesizer(**kw).fit(_rows(240))
+    hist = s.history_["vae"]
+    stopped = [r for r in hist if r.get("aux_stopped")]
+    assert len(stopped) == 1 and stopped[0]["memorisation_gap"] > 1e-6
+    assert all(r["memorisation_gap"] <= 1e-6 for r in hist[:hist.index(stopped[0])])
+    assert calls["heads"] == 2 * stopped[0]["step"]
+    assert hist[-1]["step"] > stopped[0]["step"]  # the decoder steps went on
