@@ -7,9 +7,9 @@ accounting Opacus's RDP accountant. :func:`plan_noise` sets each stage's noise m
 composition of all planned steps stays within (epsilon, delta); a fit cut short by ``max_time`` spends less,
 and the ledger reports what was spent.
 
-Per-row gradients: a loop over the batch's rows (:func:`per_row_grads`) for the VAE, whose forward pass runs
-through the frozen Hugging Face decoder, and ``torch.func.vmap`` for the small denoiser
-(:func:`vmap_grads`).
+Per-row gradients: for the VAE, one batched decoder pass and torch.func through the small trained path
+(:meth:`~tabdifflm.model.RowVAE.private_grads`), a loop over the rows (:func:`per_row_grads`) where LoRA
+puts trained weights inside the decoder; ``torch.func.vmap`` for the small denoiser (:func:`vmap_grads`).
 """
 from __future__ import annotations
 

@@ -256,14 +256,24 @@ class RowModel(nn.Module):
         return [row[:n] for row, n in zip(toks, length.tolist())]
 
 
-def column_balanced_mean(nll, rows, cols, n_rows: int, n_cols: int) -> torch.Tensor:
-    """Mean over (row, column) cells of the cell's mean token NLL: a one-token class weighs as much as a
-    seven-digit number, where a token mean would weigh the number seven times more."""
+def cell_means(nll, rows, cols, n_rows: int, n_cols: int):
+    """Each (row, column) cell's mean token NLL [B, C] and whether the cell has any choice [B, C]."""
     cell = rows * n_cols + cols
     tot = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, nll)
     cnt = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, torch.ones_like(nll))
-    keep = cnt > 0
-    return (tot[keep] / cnt[keep]).mean()
+    return (tot / cnt.clamp(min=1)).view(n_rows, n_cols), (cnt > 0).view(n_rows, n_cols)
+
+
+def column_balanced_mean(nll, rows, cols, n_rows: int, n_cols: int) -> torch.Tensor:
+    """Mean over (row, column) cells of the cell's mean token NLL: a one-token class weighs as much as a
+    seven-digit number, where a token mean would weigh the number seven times more."""
+    means, keep = cell_means(nll, rows, cols, n_rows, n_cols)
+    return means[keep].mean()
+
+
+def kl_per_row(mu, logvar) -> torch.Tensor:
+    """DiffLM's KL to N(0, I) per row [B]: the mean over latent dimensions."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).mean(1)
 
 
 class VAEOutput(NamedTuple):
@@ -308,7 +318,7 @@ class RowVAE(nn.Module):
         else:
             mu, logvar = self.encoder(input_ids, attention_mask, features)
         z = mu + eps.to(mu.device) * (0.5 * logvar).exp()  # [B, D]
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).mean(1)  # [B]
+        kl = kl_per_row(mu, logvar)  # [B]
         B = len(toks)
         loss = beta * kl.mean()
         if self.aux_weight or heads_only:
@@ -324,11 +334,7 @@ class RowVAE(nn.Module):
         """Each row's own average [B] (of its cells' mean NLL, or of its tokens): a row's loss that no other
         row of the batch changes, as DP-SGD's per-row gradients need."""
         if self.column_loss == "column":
-            n_cols = self.rows.grammar.n_columns
-            cell = rows * n_cols + cols
-            tot = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, nll)
-            cnt = torch.zeros(n_rows * n_cols, device=nll.device).index_add(0, cell, torch.ones_like(nll))
-            means, keep = (tot / cnt.clamp(min=1)).view(n_rows, n_cols), (cnt > 0).view(n_rows, n_cols)
+            means, keep = cell_means(nll, rows, cols, n_rows, self.rows.grammar.n_columns)
             return means.sum(1) / keep.sum(1).clamp(min=1)
         tot = torch.zeros(n_rows, device=nll.device).index_add(0, rows, nll)
         return tot / torch.zeros(n_rows, device=nll.device).index_add(0, rows, torch.ones_like(nll)).clamp(min=1)
@@ -352,7 +358,7 @@ class RowVAE(nn.Module):
             outs = path(pooled, eps.to(dev))
         leaves = {k: v.detach().requires_grad_() for k, v in outs.items()}
         B = len(toks)
-        loss = beta * 0.5 * (leaves["mu"].pow(2) + leaves["logvar"].exp() - leaves["logvar"] - 1).mean(1)  # [B]
+        loss = beta * kl_per_row(leaves["mu"], leaves["logvar"])  # [B]
         if self.aux_weight or heads_only:
             head = self.rows.head_nll_given(leaves["table"], toks, states, valid)
             loss = loss + self.aux_weight * self._row_average(*head, B)
