@@ -71,8 +71,7 @@ def run(dataset, model, minutes, n, seed, save=None, **params) -> dict:
         f = fidelity(rows, train)
         res["sources"][name] = {"dcr_share": d["share_closer_to_train"], "exact_copies": d["exact_copies"],
                                 "mle": m["mean"], "mle_std": m["std"], "metric": m["metric"],
-                                "shapes_error": 100 * (1 - f["column_shapes"]),
-                                "trends_error": 100 * (1 - f["column_pair_trends"])}
+                                "shapes_error": f["column_shapes_error"], "trends_error": f["column_pair_trends_error"]}
         print(name, res["sources"][name], flush=True)
     return res
 
