@@ -492,12 +492,11 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.max_time is not None and self.prior == "diffusion":
             # x1.5: the machine's load can change between the timing and the stage
             if ledger:
-                step_s = time_diffusion_step(self.latent_dim, n, round(ledger.planned["diffusion"][0] * n),
-                                             trials=2, private=True)
-                reserve = min(1.5 * dp_diffusion_steps * step_s, 0.4 * budget)
+                steps, step_s = dp_diffusion_steps, time_diffusion_step(
+                    self.latent_dim, n, round(ledger.planned["diffusion"][0] * n), trials=2, private=True)
             else:
-                reserve = min(1.5 * self.diffusion_train_steps * time_diffusion_step(self.latent_dim, n),
-                              0.4 * budget)
+                steps, step_s = self.diffusion_train_steps, time_diffusion_step(self.latent_dim, n)
+            reserve = min(1.5 * steps * step_s, 0.4 * budget)
         check_s = 0.03 * budget if self.privacy_sample and n_val and math.isfinite(budget) else 0.0  # privacy_report_
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget - check_s
         history = {"vae": [], "diffusion": [], "stopped": {}}
