@@ -7,16 +7,21 @@ precision cannot hold) and :func:`restrict` narrows the row grammar to them: the
 automaton is replaced by one that can only write the allowed values, so every row meets the conditions.
 Which latents the rows come from is the sampler's part (``DiffLMSynthesizer.sample``): without that
 step the other columns would follow the unconditional distribution beside a forced value.
+
+:func:`link_inequalities` writes a two-column ``Inequality`` into the grammar the same way: the value
+written in the earlier column narrows the later column's range, so the rule holds in every row.
 """
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass
+from fractions import Fraction
 
 import pandas as pd
 
-from .grammar import CategoricalGrammar, DatetimeGrammar, NumericGrammar, RowGrammar, char_token
+from .constraints import Inequality
+from .grammar import CategoricalGrammar, DatetimeGrammar, Link, NumericGrammar, RowGrammar, char_token
 from .schema import ColumnSpec, Schema
 from .serialization import datetime_text, parse_datetime
 
@@ -184,16 +189,128 @@ def restrict(grammar: RowGrammar, conditions: list[Condition], tokenizer) -> Row
         if cond.values is not None:
             if col.kind == "categorical":
                 cols[i] = CategoricalGrammar(col, fmt, tokenizer, end, values=list(cond.values))
-            else:  # numbers and dates: a trie over the values' digit tokens, as the full automaton writes them
-                seqs = [tokenizer.encode(fmt.missing_text, add_special_tokens=False) if v is None and
-                        fmt.missing_text else [] if v is None else
-                        [char_token(tokenizer, ch) for ch in fmt.value_text(col, v)] for v in cond.values]
-                cols[i] = CategoricalGrammar(col, fmt, tokenizer, end, values=list(cond.values), seqs=seqs)
+            else:
+                cols[i] = value_trie(grammar, i, list(cond.values), tokenizer)
         elif col.kind == "numeric":
             cols[i] = NumericGrammar(col, fmt, tokenizer, units=(cond.low, cond.high), allow_missing=False)
         else:
             cols[i] = DatetimeGrammar(col, fmt, tokenizer, bounds=(cond.low, cond.high), allow_missing=False)
     return grammar.restricted(cols)
+
+
+def value_trie(grammar: RowGrammar, i: int, values: list, tokenizer) -> CategoricalGrammar:
+    """A trie over some values of number or date column i, spelled with the digit tokens the full automaton
+    writes them with (None = the missing marker)."""
+    col, fmt = grammar.cols[i].col, grammar.fmt
+    seqs = [(tokenizer.encode(fmt.missing_text, add_special_tokens=False) if fmt.missing_text else [])
+            if v is None else [char_token(tokenizer, ch) for ch in fmt.value_text(col, v)] for v in values]
+    return CategoricalGrammar(col, fmt, tokenizer, grammar.lits[i + 1][0], values=values, seqs=seqs)
+
+
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def _values_of(aut, limit: int) -> list | None:
+    """Every value a number column's automaton can write (None = missing), or None past ``limit``."""
+    if isinstance(aut, CategoricalGrammar):
+        return list(aut.values)
+    if not isinstance(aut, NumericGrammar):
+        return None
+    lo, hi = aut.unit_range
+    if hi - lo + 1 > limit:
+        return None
+    p = aut.decimals
+    vals = list(range(lo, hi + 1)) if aut.col.is_int else [u / 10 ** p for u in range(lo, hi + 1)]
+    return vals + ([None] if aut.allow_missing else [])
+
+
+def _bounded(aut, op: str, v, fmt, tokenizer, end: int):
+    """Column automaton ``aut`` narrowed to values x with ``x op v``: a trie for a trie, a unit range
+    (lo, hi) for a number automaton; None if no value is left."""
+    x = Fraction(str(v))
+    if isinstance(aut, CategoricalGrammar):
+        ops = {"<": x.__gt__, "<=": x.__ge__, ">": x.__lt__, ">=": x.__le__}
+        keep = [k for k, y in enumerate(aut.values) if y is not None and ops[op](Fraction(str(y)))]
+        if not keep:
+            return None
+        keep += [k for k, y in enumerate(aut.values) if y is None]
+        return CategoricalGrammar(aut.col, fmt, tokenizer, end,
+                                  values=[aut.values[k] for k in keep], seqs=[aut.seqs[k] for k in keep])
+    scaled = x * 10 ** aut.decimals
+    lo, hi = aut.unit_range
+    if op == ">=":
+        lo = max(lo, math.ceil(scaled))
+    elif op == ">":
+        lo = max(lo, math.floor(scaled) + 1)
+    elif op == "<=":
+        hi = min(hi, math.floor(scaled))
+    else:
+        hi = min(hi, math.ceil(scaled) - 1)
+    if lo > hi:
+        return None
+    return (lo, hi)
+
+
+def link_inequalities(grammar: RowGrammar, constraints, tokenizer, max_values: int = 2048,
+                      max_states: int = 200_000) -> tuple[RowGrammar, list]:
+    """The row grammar with each two-column ``Inequality`` written into it, where it can be.
+
+    The earlier column (in the row's order) is written from a trie over its values, and the value it ends
+    on narrows the later column's range, so no row can break the rule. That needs two number columns, at
+    most ``max_values`` values the earlier one can take (an integer column, or a few decimals over a short
+    range), each column in one such rule, and at most about ``max_states`` grammar states in all. Returns
+    (grammar, the constraints it holds); the others are left to the caller (resampling). A rule that no
+    value of the earlier column can keep under the grammar's narrowing (conditions) is a ValueError.
+    """
+    links, held, used = [], [], set()
+    index = {c.name: i for i, c in enumerate(grammar.schema.columns)}
+    budget = max_states - grammar.n_states
+    for c in constraints:
+        if not isinstance(c, Inequality):
+            continue
+        if c.low not in index or c.high not in index:  # a column passed through, not modelled
+            continue
+        a, b = index[c.low], index[c.high]
+        first, second = min(a, b), max(a, b)
+        if a == b or {first, second} & used:
+            continue
+        f_aut, s_aut = grammar.cols[first], grammar.cols[second]
+        if f_aut.col.kind != "numeric" or s_aut.col.kind != "numeric":
+            continue
+        values = _values_of(f_aut, max_values)
+        if values is None or not isinstance(s_aut, (NumericGrammar, CategoricalGrammar)):
+            continue
+        op = _FLIP[c.op] if first == a else c.op  # the later column's relation to the earlier one's value
+        end = grammar.lits[second + 1][0]
+        seconds, key_of, kept, memo = [], {}, [], []
+        for v in values:
+            if v is None:  # a missing side keeps the rule: the later column is free
+                kept.append(v)
+                memo.append(None)
+                continue
+            narrowed = _bounded(s_aut, op, v, grammar.fmt, tokenizer, end)
+            if narrowed is None:
+                continue
+            key = narrowed if isinstance(narrowed, tuple) else tuple(map(repr, narrowed.values))
+            if key not in key_of:
+                key_of[key] = len(seconds)
+                seconds.append(NumericGrammar(s_aut.col, grammar.fmt, tokenizer, units=narrowed,
+                                              allow_missing=s_aut.allow_missing)
+                               if isinstance(narrowed, tuple) else narrowed)
+            kept.append(v)
+            memo.append(key_of[key])
+        if not any(v is not None for v in kept):
+            raise ValueError(f"constraint {c.describe()} cannot be kept: no value of {c.low!r} and {c.high!r} "
+                             "that the conditions allow meets it")
+        between = sum(1 for st in grammar._states if st[0] in ("L", "V") and first < st[1] <= second)
+        cost = len(seconds) * (between + len(values))
+        if cost > budget:
+            continue
+        budget -= cost
+        links.append(Link(first, second, value_trie(grammar, first, kept, tokenizer), memo, seconds))
+        held.append(c)
+        used |= {first, second}
+    return (grammar.linked(links) if links else grammar), held
 
 
 def without_missing(grammar: RowGrammar, tokenizer) -> RowGrammar:

@@ -4,9 +4,12 @@
     FixedCombinations(["city", "country"]), Predicate(lambda d: d.start <= d.end, name="start before end")
 
 Each constraint checks a DataFrame at once (``holds(df) -> bool array``). ``fit`` refuses a table that
-breaks one, naming the rows; sampling writes a sign constraint into the row grammar (the column's range is
-narrowed, so it cannot be broken) and resamples the rows that break any other, reporting the share in
-``last_sample_stats_["constraint_resampled_share"]``. ``FixedCombinations`` learns the combinations it
+breaks one, naming the rows. Sampling writes into the row grammar what it can, so those rules cannot be
+broken: a sign constraint narrows the column's range, and an ``Inequality`` between two number columns
+narrows the later column's range by the value written in the earlier one (where that column takes at most
+2,048 values: :func:`tabdifflm.conditions.link_inequalities`). Rows that break any other rule are written
+again; ``last_sample_stats_`` lists the rules held in the grammar (``"constraints_in_grammar"``) and the
+share of rows written again (``"constraint_resampled_share"``). ``FixedCombinations`` learns the combinations it
 allows from the training rows (in the fitted copy, ``constraints_``); ``Predicate`` holds code, so a saved
 model keeps every constraint but the predicates (a warning says so; pass them again with ``set_params``).
 """

@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from . import __version__, parallel
-from .conditions import parse_conditions, restrict, without_missing
+from .conditions import link_inequalities, parse_conditions, restrict, without_missing
 from .constraints import Constraint, FixedCombinations, Positive, broken_rows, check_constraints
 from .constraints import from_dict as constraint_from_dict
 from .decoder import DEFAULT_DECODER, DecoderAdapter, fingerprint, load_decoder, quiet_unless_verbose, resolve_dtype
@@ -755,7 +755,8 @@ class DiffLMSynthesizer(BaseEstimator):
             gen = torch.Generator().manual_seed((base + 1_000_003 * rank) % 2**63)
             here = n // world + (rank < n % world)
         hits = []  # per batch: share of the prior's head-only rows that met the conditions
-        got, generated, errors, first_round_valid = (self._sample_rows(here, gen, conds, hits) if here
+        info = {"constraints_in_grammar": []}
+        got, generated, errors, first_round_valid = (self._sample_rows(here, gen, conds, hits, info) if here
                                                      else ([], 0, {}, 1.0))
         if world > 1:  # every process gets every row, in rank order
             got = parallel.all_gather(got)
@@ -770,7 +771,8 @@ class DiffLMSynthesizer(BaseEstimator):
                                    "first_try_valid_share": first_round_valid, "invalid_by_reason": errors,
                                    "processes": world, "rows_this_process": here,
                                    "constraint_resampled_share": (errors.get("constraints", 0) / generated
-                                                                  if generated else 0.0)}
+                                                                  if generated else 0.0),
+                                   "constraints_in_grammar": info["constraints_in_grammar"]}
         if conds:  # share of prior rows that meet the conditions, as the latent head sees it
             self.last_sample_stats_["condition_share_in_prior"] = (
                 float(np.mean(hits)) if hits else None)
@@ -779,15 +781,20 @@ class DiffLMSynthesizer(BaseEstimator):
                                f"({generated} generated); invalid values by column: {errors}")
         return self.layout_.restore(build_frame(got, self.schema_))
 
-    def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None):
-        """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share)."""
+    def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None, info=None):
+        """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share).
+        ``info["constraints_in_grammar"]`` gets the rules the grammar holds (the others are resampled)."""
         hits = [] if hits is None else hits
         base = self.row_model()  # unrestricted: what the latent guidance scores with
         conds = list(conds) + self._sign_conditions({c.column for c in conds})
-        model = self._conditioned_model(conds) if conds else base
-        grammar = model.automaton
+        rules = self._rules()
+        grammar = restrict(self._grammar, conds, self._dec_tok) if conds else self._grammar
+        grammar, held = link_inequalities(grammar, rules, self._dec_tok)
+        model = base if grammar is self._grammar else RowModel(self._decoder, self.injector_, grammar,
+                                                               self.latent_head_)
+        if info is not None:
+            info["constraints_in_grammar"] = [c.describe() for c in held]
         cols = self.schema_.columns
-        rules = getattr(self, "constraints_", [])
         got, generated, errors = [], 0, {}
         first_round_valid = None
         bar = tqdm(total=n, desc="sample", disable=not self.verbose or not parallel.is_main(), dynamic_ncols=True)
@@ -815,7 +822,7 @@ class DiffLMSynthesizer(BaseEstimator):
                         errors[key] = errors.get(key, 0) + 1
                         continue
                     rows.append(row)
-                if rules and rows:  # business rules the grammar cannot hold: rows that break one are written again
+                if rules and rows:  # rules the grammar does not hold: rows that break one are written again
                     ok = self._rule_abiding(rows, rules)
                     if not ok.all():
                         errors["constraints"] = errors.get("constraints", 0) + int((~ok).sum())
@@ -956,7 +963,7 @@ class DiffLMSynthesizer(BaseEstimator):
         """Positive/Negative constraints as range conditions, so the grammar writes only allowed signs
         (columns without missing values and without a condition of their own)."""
         out = []
-        for c in getattr(self, "constraints_", []):
+        for c in self._rules():
             if not isinstance(c, Positive):
                 continue
             i = self.schema_.names.index(c.column)
@@ -966,6 +973,19 @@ class DiffLMSynthesizer(BaseEstimator):
             unit = 1 if col.is_int else 10.0 ** -col.decimals
             edge = (unit if c.strict else 0) * c.sign
             out += parse_conditions({c.column: (edge, None) if c.sign > 0 else (None, edge)}, self.schema_)
+        return out
+
+    def _rules(self) -> list:
+        """The rules sampling keeps: the ``constraints`` parameter as it is now (set_params after fit or after
+        loading adds or drops rules), each one the model was fitted with in its fitted copy."""
+        fitted = getattr(self, "constraints_", [])
+        out = []
+        for c in check_constraints(self.constraints, self.schema_.names):
+            same = next((f for f in fitted if f == c), None)
+            if same is None and isinstance(c, FixedCombinations):
+                raise ValueError(f"{c.describe()} learns its combinations from the training rows: fit the model "
+                                 "with it instead of adding it with set_params")
+            out.append(c if same is None else same)
         return out
 
     def _rule_abiding(self, rows: list, rules) -> np.ndarray:
@@ -1023,7 +1043,7 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.denoiser_ is None:
             tensors["latent_cov"] = self.latent_cov_
         params = self.get_params()
-        rules = getattr(self, "constraints_", [])
+        rules = self._rules()
         params["constraints"] = [c.to_dict() for c in rules if c.to_dict() is not None] or None
         if any(c.to_dict() is None for c in rules):
             warnings.warn("Predicate constraints are code and are not saved with the model; after loading, pass "

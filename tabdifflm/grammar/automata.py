@@ -171,6 +171,7 @@ class NumericGrammar(_CharGrammar):
         lo, hi = (int(col.min), int(col.max)) if col.is_int else (round(col.min * 10 ** p), round(col.max * 10 ** p))
         if units is not None:  # a condition's range, in 10^-decimals units, inside the training range
             lo, hi = units
+        self.unit_range = (lo, hi)  # every value it writes, in 10^-decimals units
         self.bounds = (lo / 10 ** p, hi / 10 ** p) if p else (lo, hi)
         pos = (max(lo, 0), hi) if hi >= 0 else None
         neg = (max(-hi, 1), -lo) if lo < 0 else None  # zero is written without a sign
@@ -387,6 +388,25 @@ class DatetimeGrammar(_CharGrammar):
 MAX_POSITIONS = 12  # value positions with their own latent logit group; later ones share the last
 
 
+class Link:
+    """Column ``second``'s automaton chosen by the value written in the earlier column ``first``: a bound
+    that depends on a value already written (``Inequality`` between two columns).
+
+    ``first_aut`` is a trie (:class:`CategoricalGrammar`) over the values ``first`` may take. The value with
+    trie index v leaves ``memo[v]`` in the row state: an index into ``seconds``, the distinct automata
+    ``second`` can use, or None for its own. Values that set the same bound share one memo, so the states
+    between the two columns are copied once per distinct bound, not once per value.
+    """
+
+    def __init__(self, first: int, second: int, first_aut: CategoricalGrammar, memo: list, seconds: list):
+        if not first < second:
+            raise ValueError(f"a link runs from an earlier column to a later one, got {first} -> {second}")
+        if len(memo) != len(first_aut.values):
+            raise ValueError(f"memo has {len(memo)} entries for {len(first_aut.values)} values")
+        self.first, self.second, self.first_aut = first, second, first_aut
+        self.memo, self.seconds = list(memo), list(seconds)
+
+
 class RowGrammar:
     """The automaton of a whole row, with interned integer states.
 
@@ -397,12 +417,14 @@ class RowGrammar:
 
     ``tables`` is the same automaton compiled to tensors (:class:`CompiledGrammar`), which the model's
     forward pass and the sampler use; this class is the reference they are tested against, and it reads
-    and writes whole rows (``encode``/``decode``).
+    and writes whole rows (``encode``/``decode``). ``restricted`` narrows columns (conditions), ``linked``
+    narrows a column by a value written before it (:class:`Link`: an inequality between two columns).
     """
 
     def __init__(self, fmt: RowFormat, tokenizer):
         self.fmt = fmt
         self.schema = fmt.schema
+        self.links: list[Link] = []
         self.lits = [tokenizer.encode(t, add_special_tokens=False) if t else [] for t in fmt.literals()]
         for i, lit in enumerate(self.lits[1:], 1):
             if not lit:
@@ -430,7 +452,7 @@ class RowGrammar:
 
     def _build(self):
         self._ids, self._states, self._allowed, self._trans, self._groups = {}, [], [], {}, []
-        self.start = self._intern(self._enter_literal(0, 0))
+        self.start = self._intern(self._enter_literal(0, 0, (None,) * len(self.links)))
         self.done = self._intern(DONE)
         self.tables = CompiledGrammar.build(self)  # interns every reachable state
 
@@ -438,23 +460,61 @@ class RowGrammar:
         """The same row grammar with some columns' automata replaced by narrower ones ({column index:
         automaton}, e.g. a condition's range or set of values). The sub-vocabulary and the latent logit
         groups stay those of this grammar, so a model trained on it runs on the restricted one as it is."""
+        return self._derive(cols, [])
+
+    def linked(self, links: list[Link]) -> "RowGrammar":
+        """The same row grammar where each link's later column is narrowed by the value written in its
+        earlier one (each column in one link at most). States between the two columns carry the link's
+        memo, so the compiled tables grow by a copy of those states per distinct bound."""
+        used = [c for link in links for c in (link.first, link.second)]
+        if len(used) != len(set(used)):
+            raise ValueError("a column can take part in one link only")
+        autos = [link.first_aut for link in links] + [a for link in links for a in link.seconds]
+        return self._derive({link.first: link.first_aut for link in links}, links, autos)
+
+    def _derive(self, cols: dict, links: list, autos=None) -> "RowGrammar":
+        if self.links:
+            raise ValueError("narrow the grammar's columns before linking them")
         g = object.__new__(RowGrammar)
         g.__dict__.update({k: v for k, v in self.__dict__.items()
                            if k in ("fmt", "schema", "lits", "group_offsets", "_positions", "n_groups", "vocab")})
         g.cols = [cols.get(i, c) for i, c in enumerate(self.cols)]
-        extra = set().union(*(c.tokens() for c in cols.values())) - set(self.vocab.tolist()) if cols else set()
+        g.links = list(links)
+        autos = list(cols.values()) if autos is None else autos
+        extra = set().union(*(c.tokens() for c in autos)) - set(self.vocab.tolist()) if autos else set()
         if extra:
             raise ValueError(f"tokens {sorted(extra)[:5]} are not in the grammar's vocabulary")
         g._build()
         return g
 
     # -- states ------------------------------------------------------------------------------------------
-    def _enter_literal(self, i, k):
+    # ("L", i, k, m): k-th token of the literal before column i; ("V", i, sub, m): inside column i's value,
+    # sub its automaton's state; DONE. m holds one memo per link (None while the link is not active).
+    def _enter_literal(self, i, k, m):
         if k < len(self.lits[i]):
-            return ("L", i, k)
+            return ("L", i, k, m)
         if i == len(self.cols):
             return DONE
-        return ("V", i, self.cols[i].start())
+        return ("V", i, self._automaton(i, m).start(), m)
+
+    def _automaton(self, i: int, m: tuple):
+        """Column i's automaton under the links' memos m."""
+        for link, v in zip(self.links, m):
+            if link.second == i and v is not None:
+                return link.seconds[v]
+        return self.cols[i]
+
+    def _leave(self, i: int, sub, m: tuple) -> tuple:
+        """The memos after column i's value ends in state sub: set by a link it starts, dropped by one it ends."""
+        if not self.links:
+            return m
+        out = list(m)
+        for j, link in enumerate(self.links):
+            if link.first == i:
+                out[j] = link.memo[self.cols[i].leaf[sub]]
+            elif link.second == i:
+                out[j] = None
+        return tuple(out)
 
     def _intern(self, st) -> int:
         sid = self._ids.get(st)
@@ -465,7 +525,7 @@ class RowGrammar:
             a = self._compute_allowed(st)
             self._allowed.append(a)
             if st[0] == "V":
-                pos = min(self.cols[st[1]].position(st[2]), self._positions[st[1]] - 1)
+                pos = min(self._automaton(st[1], st[3]).position(st[2]), self._positions[st[1]] - 1)
                 self._groups.append(self.group_offsets[st[1]] + pos)
             else:
                 self._groups.append(-1)
@@ -500,7 +560,7 @@ class RowGrammar:
         if st[0] == "L":
             return (self.lits[st[1]][st[2]],)
         i, sub = st[1], st[2]
-        a = self.cols[i].allowed(sub)
+        a = self._automaton(i, st[3]).allowed(sub)
         if END in a:
             a = tuple(t for t in a if t != END) + (self.lits[i + 1][0],)
         return a
@@ -518,14 +578,15 @@ class RowGrammar:
         if nxt is None:
             st = self._states[sid]
             if st[0] == "L":
-                nst = self._enter_literal(st[1], st[2] + 1)
+                nst = self._enter_literal(st[1], st[2] + 1, st[3])
             else:
-                i, sub = st[1], st[2]
-                col_allowed = self.cols[i].allowed(sub)
+                i, sub, m = st[1:]
+                aut = self._automaton(i, m)
+                col_allowed = aut.allowed(sub)
                 if tok == self.lits[i + 1][0] and END in col_allowed and tok not in col_allowed:
-                    nst = self._enter_literal(i + 1, 1)
+                    nst = self._enter_literal(i + 1, 1, self._leave(i, sub, m))
                 else:
-                    nst = ("V", i, self.cols[i].step(sub, tok))
+                    nst = ("V", i, aut.step(sub, tok), m)
             nxt = self._intern(nst)
             self._trans[key] = nxt
         return nxt
@@ -555,21 +616,22 @@ class RowGrammar:
     def decode(self, toks: list[int]) -> list:
         """Tokens of a complete row -> values; raises InvalidValue for a value that breaks the schema."""
         per_col = [[] for _ in self.cols]
-        last = [None] * len(self.cols)
+        last = [None] * len(self.cols)  # (automaton, its state where the value ended)
         sid = self.start
         for t in toks:
             c = self.column_of(sid)
             nxt = self.next_state(sid, t)
             if c is not None:
+                st = self._states[sid]
                 if self.column_of(nxt) == c:
                     per_col[c].append(t)
-                    last[c] = self._states[nxt][2]
+                    last[c] = (self._automaton(c, st[3]), self._states[nxt][2])
                 elif last[c] is None:
-                    last[c] = self._states[sid][2]
+                    last[c] = (self._automaton(c, st[3]), st[2])
             sid = nxt
         if sid != self.done:
             raise InvalidValue("row is incomplete")
-        return [g.finish(last[i] if last[i] is not None else g.start(), per_col[i])
+        return [last[i][0].finish(last[i][1], per_col[i]) if last[i] is not None else g.finish(g.start(), per_col[i])
                 for i, g in enumerate(self.cols)]
 
     def max_tokens(self) -> int:
