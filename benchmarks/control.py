@@ -1,4 +1,4 @@
-"""Controllable generation on Adult: conditional fidelity and imputation, against simple baselines.
+"""Controllable generation on Adult and MAGIC: conditional fidelity and imputation, against simple baselines.
 
 Conditional fidelity: for each condition, rows from ``sample(n, conditions=...)`` are compared with the
 real rows that meet the condition (all of Adult's training rows, not only the 2,000 the model saw):
@@ -13,6 +13,7 @@ Against scikit-learn's IterativeImputer and KNNImputer (categories ordinal-encod
 
     python -m benchmarks.control --minutes 10 --save /tmp/adult_control.tdl
     python -m benchmarks.control --model /tmp/adult_control.tdl      # reuse a fitted model
+    python -m benchmarks.control --dataset magic --model /tmp/models/magic_quick_seed0.tdl
 
 Class balancing: Adult cut to 2,000 rows with 5 % of the minority class (>50K); XGBoost trained on it as
 it is, after imbalanced-learn's SMOTENC and after DiffLMOversampler; PR-AUC, F1 and ROC-AUC of the minority
@@ -22,7 +23,8 @@ in the latent space, the default) and "prior" (new latents from the prior, steer
 Reconstruction: per column, how well greedy decoding of a row's posterior mean writes it back, on training
 rows and unseen rows (``--parts reconstruction``).
 
-Writes benchmarks/results/control/{conditional,imputation,balance,reconstruction}.{json,md}.
+Writes benchmarks/results/control/{conditional,imputation,balance,reconstruction}.{json,md} for Adult, and
+{conditional,imputation,reconstruction}_magic for MAGIC (class balancing is Adult's only).
 """
 from __future__ import annotations
 
@@ -44,18 +46,50 @@ from .run import save_results, split
 
 OUT = Path(__file__).resolve().parent / "results" / "control"
 
-# name -> (conditions for DiffLM, row filter on a DataFrame, exact values SDV's conditional sampling takes)
-CONDITIONS = {
-    "sex = Female": ({"sex": "Female"}, lambda d: d["sex"] == "Female", {"sex": "Female"}),
-    "income = >50K": ({"income": ">50K"}, lambda d: d["income"] == ">50K", {"income": ">50K"}),
-    "age >= 50": ({"age": (50, None)}, lambda d: d["age"] >= 50, None),
+def _start(col, keep):
+    """GReaT's conditioning for a condition on ``col``: every row starts with it, its value drawn from the
+    training rows that meet ``keep`` ({category: share} for a category, the list of values for a number)."""
+    def dist(train):
+        v = train.loc[keep(train), col]
+        if pd.api.types.is_numeric_dtype(v):
+            return col, v.tolist()
+        return col, v.value_counts(normalize=True).to_dict()
+    return dist
+
+
+def _female(d):
+    return d["sex"] == "Female"
+
+
+def _class(c):
+    return lambda d: d["class"] == c
+
+
+# dataset -> name -> (conditions for DiffLM, row filter on a DataFrame, exact values SDV's conditional
+# sampling takes, GReaT's start column and its values from the training rows: one column only, so with
+# two conditions the second is not shown to GReaT and its "meets" share says how often it holds)
+CONDITIONS = {"adult": {
+    "sex = Female": ({"sex": "Female"}, _female, {"sex": "Female"}, _start("sex", _female)),
+    "income = >50K": ({"income": ">50K"}, lambda d: d["income"] == ">50K", {"income": ">50K"},
+                      _start("income", lambda d: d["income"] == ">50K")),
+    "age >= 50": ({"age": (50, None)}, lambda d: d["age"] >= 50, None, _start("age", lambda d: d["age"] >= 50)),
     "education in {Bachelors, Masters, Doctorate}": (
         {"education": ["Bachelors", "Masters", "Doctorate"]},
-        lambda d: d["education"].isin(["Bachelors", "Masters", "Doctorate"]), None),
+        lambda d: d["education"].isin(["Bachelors", "Masters", "Doctorate"]), None,
+        _start("education", lambda d: d["education"].isin(["Bachelors", "Masters", "Doctorate"]))),
     "sex = Female and hours-per-week in [20, 35]": (
         {"sex": "Female", "hours-per-week": (20, 35)},
-        lambda d: (d["sex"] == "Female") & d["hours-per-week"].between(20, 35), None),
-}
+        lambda d: (d["sex"] == "Female") & d["hours-per-week"].between(20, 35), None, _start("sex", _female)),
+}, "magic": {
+    "class = h": ({"class": "h"}, _class("h"), {"class": "h"}, _start("class", _class("h"))),
+    "fAlpha <= 10": ({"fAlpha": (None, 10)}, lambda d: d["fAlpha"] <= 10, None,
+                     _start("fAlpha", lambda d: d["fAlpha"] <= 10)),
+    "fLength >= 60": ({"fLength": (60, None)}, lambda d: d["fLength"] >= 60, None,
+                      _start("fLength", lambda d: d["fLength"] >= 60)),
+    "class = g and fAlpha >= 30": ({"class": "g", "fAlpha": (30, None)},
+                                   lambda d: (d["class"] == "g") & (d["fAlpha"] >= 30), None,
+                                   _start("class", _class("g"))),
+}}
 
 
 def _errors(syn: pd.DataFrame, real: pd.DataFrame) -> dict:
@@ -63,13 +97,26 @@ def _errors(syn: pd.DataFrame, real: pd.DataFrame) -> dict:
     return {"shapes_error": round(f["column_shapes_error"], 2), "trends_error": round(f["column_pair_trends_error"], 2)}
 
 
-def conditional(s: DiffLMSynthesizer, train: pd.DataFrame, reference: pd.DataFrame, n: int, seed: int) -> dict:
+def conditional(s: DiffLMSynthesizer, train: pd.DataFrame, reference: pd.DataFrame, n: int, seed: int,
+                dataset: str = "adult", great_minutes: float = 0.0, great_rows: int = 200) -> dict:
+    """Rows of each condition from every method, against the real rows that meet it. GReaT (fitted for
+    ``great_minutes``, 0 = left out) writes ``great_rows`` rows a condition and an unconditional pool of
+    ``4 * great_rows`` rows, each within a sampling budget of ``great_minutes``."""
     res = {}
     t = time.monotonic()
     pool = s.sample(4 * n, random_state=seed)  # unconditional DiffLM rows, filtered per condition below
     pool_s = time.monotonic() - t
     tvae, tvae_pool = _tvae(train, seed)
-    for name, (conds, keep, exact) in CONDITIONS.items():
+    great = great_pool = None
+    if great_minutes:
+        from .baselines.great import GReaTBaseline
+
+        great = GReaTBaseline(seed=seed).fit(train, great_minutes * 60)
+        t = time.monotonic()
+        great_pool = great.sample(4 * great_rows, budget_s=great_minutes * 60)
+        great_pool_s = time.monotonic() - t
+        res["great_fit"] = {"steps": great.steps_, "epochs": round(great.epochs_, 2), "minutes": great_minutes}
+    for name, (conds, keep, exact, start) in CONDITIONS[dataset].items():
         real = reference[keep(reference)]
         row = {"real_rows": len(real)}
         t = time.monotonic()
@@ -94,6 +141,16 @@ def conditional(s: DiffLMSynthesizer, train: pd.DataFrame, reference: pd.DataFra
         if tvae_pool is not None:
             tf = tvae_pool[keep(tvae_pool)].head(n)
             row["tvae_filtered"] = {**(_errors(tf, real) if len(tf) >= 20 else {}), "rows": len(tf), "meets": 1.0}
+        if great is not None:
+            col, dist = start(train)
+            t = time.monotonic()
+            out = great.sample(great_rows, budget_s=great_minutes * 60, start_col=col, start_col_dist=dist)
+            row["great_start_col"] = {**(_errors(out, real) if len(out) >= 20 else {}), "rows": len(out),
+                                      "meets": float(keep(out).mean()) if len(out) else 0.0,
+                                      "seconds": round(time.monotonic() - t, 1)}
+            gf = great_pool[keep(great_pool)]
+            row["great_filtered"] = {**(_errors(gf, real) if len(gf) >= 20 else {}), "rows": len(gf), "meets": 1.0,
+                                     "seconds": round(great_pool_s * len(gf) / max(len(great_pool), 1), 1)}
         res[name] = row
         print(name, json.dumps(row))
     return res
@@ -273,7 +330,8 @@ def markdown_conditional(res: dict) -> str:
     lines = ["| condition | real rows | method | rows | meets | shapes err % | trends err % | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     for name, row in res["conditions"].items():
-        for m in ("difflm", "difflm_filtered", "tvae_conditional", "tvae_filtered"):
+        for m in ("difflm", "difflm_filtered", "tvae_conditional", "tvae_filtered", "great_start_col",
+                  "great_filtered"):
             r = row.get(m)
             if r is None:
                 continue
@@ -283,6 +341,12 @@ def markdown_conditional(res: dict) -> str:
             lines.append(f"| {name} | {row['real_rows']} | {m} | {r['rows']} | {r['meets']:.0%} | "
                          f"{r.get('shapes_error', float('nan')):.2f} | {r.get('trends_error', float('nan')):.2f} | "
                          f"{r.get('seconds', '')} |")
+    g = res["info"].get("great_fit")
+    if g:
+        lines += ["", f"GReaT: fitted {g['minutes']:g} minutes ({g['steps']} steps, {g['epochs']} epochs); "
+                      "`great_start_col` starts every row with the condition's column (its values drawn from the "
+                      "training rows that meet it), GReaT's own conditioning; it takes one column, so a second "
+                      "condition is not shown to it."]
     return "\n".join(lines) + "\n"
 
 
@@ -327,13 +391,20 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--rows", type=int, default=500, help="rows per condition and imputed rows")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", help="a saved model fitted on the quick profile's Adult rows")
+    ap.add_argument("--dataset", default="adult", choices=sorted(CONDITIONS))
+    ap.add_argument("--model", help="a saved model fitted on the quick profile's rows of the dataset")
     ap.add_argument("--save", help="save the fitted model here")
+    ap.add_argument("--great-minutes", type=float, default=0.0,
+                    help="add GReaT to the conditional table: its fit time (and each sampling run's budget)")
+    ap.add_argument("--great-rows", type=int, default=200, help="GReaT's rows per condition")
     ap.add_argument("--parts", nargs="+", default=["conditional", "imputation"],
                     choices=["conditional", "imputation", "balance", "reconstruction"])
     args = ap.parse_args(argv)
+    if "balance" in args.parts and args.dataset != "adult":
+        ap.error("the class-balancing part runs on Adult only")
     warnings.filterwarnings("ignore")
-    ds, train, holdout = split("adult", "quick", seed=args.seed)
+    ds, train, holdout = split(args.dataset, "quick", seed=args.seed)
+    tag = "" if args.dataset == "adult" else f"_{args.dataset}"  # Adult's files keep their names
     if "balance" in args.parts:
         bal = {"cpu": cpu_name(), "fit_minutes": args.minutes, "seed": args.seed,
                **balance(ds.test, ds.target, args.minutes, args.seed)}
@@ -351,17 +422,19 @@ def main(argv=None):
     s.set_params(verbose=False)
     info = {"cpu": cpu_name(), "fit_minutes": args.minutes if not args.model else None,
             "fit_seconds": round(time.monotonic() - t, 1), "vae_steps": s.history_["vae"][-1]["step"],
-            "train_rows": len(train), "seed": args.seed}
+            "train_rows": len(train), "seed": args.seed, "dataset": args.dataset}
     if "conditional" in args.parts:
-        cond = {"info": info, "conditions": conditional(s, train, ds.train, args.rows, args.seed)}
-        save_results("conditional", cond, markdown_conditional(cond), OUT)
+        conds = conditional(s, train, ds.train, args.rows, args.seed, args.dataset, args.great_minutes,
+                            args.great_rows)
+        cond = {"info": {**info, "great_fit": conds.pop("great_fit", None)}, "conditions": conds}
+        save_results(f"conditional{tag}", cond, markdown_conditional(cond), OUT)
     if "imputation" in args.parts:
         imp = {"info": info, **imputation(s, train, holdout, ds.test, ds.target, ds.task, args.rows, args.seed)}
-        save_results("imputation", imp, markdown_imputation(imp), OUT)
+        save_results(f"imputation{tag}", imp, markdown_imputation(imp), OUT)
     if "reconstruction" in args.parts:
         rec = {"info": info, "schema": [{"name": c.name, "kind": c.kind} for c in s.schema_.columns],
                **reconstruction(s, train, holdout, args.rows)}
-        save_results("reconstruction", rec, markdown_reconstruction(rec), OUT)
+        save_results(f"reconstruction{tag}", rec, markdown_reconstruction(rec), OUT)
 
 
 if __name__ == "__main__":

@@ -162,11 +162,14 @@ class GReaTBaseline:
             self.model_.model.to(torch.bfloat16)
         return self
 
-    def sample(self, n: int, budget_s: float | None = None) -> pd.DataFrame:
+    def sample(self, n: int, budget_s: float | None = None, start_col: str | None = None,
+               start_col_dist: dict | list | None = None) -> pd.DataFrame:
         """Up to ``n`` valid rows; fewer only if ``budget_s`` runs out. Sets ``first_try_valid_share_``.
 
         GReaT's own ``sample`` drives generation; every generated batch is parsed and validated here, so
-        no row is lost to GReaT's truncation and each generated text is counted once.
+        no row is lost to GReaT's truncation and each generated text is counted once. ``start_col`` and
+        ``start_col_dist`` are GReaT's conditioning: every row starts with that column, its value drawn from
+        ``{value: probability}`` (a category) or from a list of values (a number).
         """
         from be_great.great_utils import _convert_text_to_tabular_data, _convert_tokens_to_text
 
@@ -187,8 +190,8 @@ class GReaTBaseline:
         with mock.patch.object(model.model, "generate", recording_generate):
             while sum(map(len, batches)) < n and (deadline is None or time.monotonic() < deadline):
                 # one parsed row ends GReaT's inner loop, so the deadline is checked after every batch
-                model.sample(1, k=self.sample_batch, max_length=self.max_length_,
-                             temperature=self.temperature, device=str(self.device_))
+                model.sample(1, k=self.sample_batch, max_length=self.max_length_, start_col=start_col or "",
+                             start_col_dist=start_col_dist, temperature=self.temperature, device=str(self.device_))
         self.texts_generated_ = generated
         out = pd.concat(batches, ignore_index=True) if batches else clean_rows(
             pd.DataFrame(columns=self.train_.columns), self.train_)
