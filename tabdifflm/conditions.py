@@ -252,7 +252,7 @@ def _bounded(aut, op: str, v, fmt, tokenizer, end: int):
 
 
 def link_inequalities(grammar: RowGrammar, constraints, tokenizer, max_values: int = 2048,
-                      max_states: int = 200_000) -> tuple[RowGrammar, list]:
+                      max_states: int = 100_000) -> tuple[RowGrammar, list]:
     """The row grammar with each two-column ``Inequality`` written into it, where it can be.
 
     The earlier column (in the row's order) is written from a trie over its values, and the value it ends

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, parallel
 from .conditions import link_inequalities, parse_conditions, restrict, without_missing
-from .constraints import Constraint, FixedCombinations, Positive, broken_rows, check_constraints
+from .constraints import Constraint, FixedCombinations, Inequality, Positive, broken_rows, check_constraints
 from .constraints import from_dict as constraint_from_dict
 from .decoder import DEFAULT_DECODER, DecoderAdapter, fingerprint, load_decoder, quiet_unless_verbose, resolve_dtype
 from .diffusion import MLPDenoiser, sample_heun
@@ -788,8 +788,7 @@ class DiffLMSynthesizer(BaseEstimator):
         base = self.row_model()  # unrestricted: what the latent guidance scores with
         conds = list(conds) + self._sign_conditions({c.column for c in conds})
         rules = self._rules()
-        grammar = restrict(self._grammar, conds, self._dec_tok) if conds else self._grammar
-        grammar, held = link_inequalities(grammar, rules, self._dec_tok)
+        grammar, held = self._narrowed_grammar(conds, rules)
         model = base if grammar is self._grammar else RowModel(self._decoder, self.injector_, grammar,
                                                                self.latent_head_)
         if info is not None:
@@ -974,6 +973,19 @@ class DiffLMSynthesizer(BaseEstimator):
             edge = (unit if c.strict else 0) * c.sign
             out += parse_conditions({c.column: (edge, None) if c.sign > 0 else (None, edge)}, self.schema_)
         return out
+
+    def _narrowed_grammar(self, conds, rules):
+        """The row grammar narrowed to the conditions, with the inequalities it can hold linked in, and the
+        rules it holds. Linking can take seconds on a wide table, so the last few are kept."""
+        key = (tuple(conds), tuple(c.describe() for c in rules if isinstance(c, Inequality)))
+        cache = self.__dict__.setdefault("_narrowed", {})
+        if key not in cache:
+            grammar = restrict(self._grammar, conds, self._dec_tok) if conds else self._grammar
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = link_inequalities(grammar, rules, self._dec_tok)
+        grammar, held = cache[key]
+        return grammar, [c for c in rules if any(c == h for h in held)]
 
     def _rules(self) -> list:
         """The rules sampling keeps: the ``constraints`` parameter as it is now (set_params after fit or after
