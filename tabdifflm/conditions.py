@@ -302,8 +302,7 @@ def link_inequalities(grammar: RowGrammar, constraints, tokenizer, max_values: i
         if not any(v is not None for v in kept):
             raise ValueError(f"constraint {c.describe()} cannot be kept: no value of {c.low!r} and {c.high!r} "
                              "that the conditions allow meets it")
-        between = sum(1 for st in grammar._states if st[0] in ("L", "V") and first < st[1] <= second)
-        cost = len(seconds) * (between + len(values))
+        cost = len(seconds) * (grammar.n_states_between(first, second) + len(values))
         if cost > budget:
             continue
         budget -= cost

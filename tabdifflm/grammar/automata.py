@@ -541,6 +541,11 @@ class RowGrammar:
         """States interned so far (all reachable ones once ``tables`` is built)."""
         return len(self._states)
 
+    def n_states_between(self, first: int, second: int) -> int:
+        """States after column ``first``'s value up to the end of column ``second``'s (the literals between
+        and the values of the columns after ``first``): what a link between the two copies per bound."""
+        return sum(1 for st in self._states if st[0] in ("L", "V") and first < st[1] <= second)
+
     def group_of(self, sid: int) -> int:
         """Latent logit group of a state (-1 outside values)."""
         return self._groups[sid]
