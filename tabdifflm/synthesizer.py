@@ -613,12 +613,13 @@ class DiffLMSynthesizer(BaseEstimator):
         check_is_fitted(self)
         return RowModel(self._decoder, self.injector_, self._grammar, self.latent_head_)
 
-    def _conditioned_model(self, conds) -> RowModel:
-        """The row model with its grammar narrowed to ``conds`` (the unrestricted one without conditions)."""
-        if not conds:
-            return self.row_model()
-        return RowModel(self._decoder, self.injector_, restrict(self._grammar, conds, self._dec_tok),
-                        self.latent_head_)
+    def _conditioned_model(self, conds, rules=()) -> tuple[RowModel, list]:
+        """The row model with its grammar narrowed to ``conds`` and the inequalities of ``rules`` it can hold
+        linked in (the unrestricted one without either), and the rules that grammar holds."""
+        grammar, held = self._narrowed_grammar(conds, rules)
+        if grammar is self._grammar:
+            return self.row_model(), held
+        return RowModel(self._decoder, self.injector_, grammar, self.latent_head_), held
 
     @quiet_unless_verbose
     def decode(self, Z, temperature=None, random_state=None, conditions=None) -> pd.DataFrame:
@@ -638,7 +639,7 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError("Z contains NaN or infinite values")
         temp = self.temperature if temperature is None else float(temperature)
         gen = torch.Generator().manual_seed(int(check_random_state(random_state).randint(0, 2**31 - 1)))
-        model = self._conditioned_model(conds)
+        model, _ = self._conditioned_model(conds)
         grammar = model.automaton
         rows: list = [None] * len(z)
         todo = list(range(len(z)))
@@ -786,11 +787,10 @@ class DiffLMSynthesizer(BaseEstimator):
         ``info["constraints_in_grammar"]`` gets the rules the grammar holds (the others are resampled)."""
         hits = [] if hits is None else hits
         base = self.row_model()  # unrestricted: what the latent guidance scores with
-        conds = list(conds) + self._sign_conditions({c.column for c in conds})
         rules = self._rules()
-        grammar, held = self._narrowed_grammar(conds, rules)
-        model = base if grammar is self._grammar else RowModel(self._decoder, self.injector_, grammar,
-                                                               self.latent_head_)
+        conds = list(conds) + self._sign_conditions({c.column for c in conds}, rules)
+        model, held = self._conditioned_model(conds, rules)
+        grammar = model.automaton
         if info is not None:
             info["constraints_in_grammar"] = [c.describe() for c in held]
         cols = self.schema_.columns
@@ -958,11 +958,11 @@ class DiffLMSynthesizer(BaseEstimator):
         pick = torch.multinomial(torch.softmax(ll.cpu().double(), -1), 1, generator=gen).squeeze(1)  # [k]
         return z[pick]
 
-    def _sign_conditions(self, taken: set) -> list:
-        """Positive/Negative constraints as range conditions, so the grammar writes only allowed signs
-        (columns without missing values and without a condition of their own)."""
+    def _sign_conditions(self, taken: set, rules: list) -> list:
+        """Positive/Negative rules as range conditions, so the grammar writes only allowed signs (columns
+        without missing values and without a condition of their own)."""
         out = []
-        for c in self._rules():
+        for c in rules:
             if not isinstance(c, Positive):
                 continue
             i = self.schema_.names.index(c.column)
