@@ -94,7 +94,8 @@ def generate_reference(model, z, temperature=1.0, generator=None):
             logits = torch.nn.functional.linear(h[idx.to(dev)], head.weight[vocab]).float()
             if table is not None:
                 grp = torch.tensor([g.group_of(state[b]) for b in choose])
-                logits = logits + table[idx.to(dev), grp.to(dev)]
+                prev = torch.tensor([local[rows[b][-1]] if rows[b] else len(vocab) for b in choose])
+                logits = logits + model.latent_head.choice_logits(table, idx.to(dev), grp.to(dev), prev.to(dev))
             mask = torch.zeros(len(choose), len(vocab), dtype=torch.bool)
             for r, b in enumerate(choose):
                 mask[r, [local[t] for t in g.allowed(state[b])]] = True

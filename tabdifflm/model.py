@@ -20,31 +20,71 @@ from .grammar import CompiledGrammar, RowGrammar
 
 
 class LatentLogitHead(nn.Module):
-    """Latent z [B, D] -> additive logits [B, G, K] for each (column, position) group over the sub-vocabulary.
+    """Latent z [B, D] -> additive logits for each (column, position) group over the sub-vocabulary.
 
     A linear map, plus (``hidden > 0``) a one-hidden-layer SiLU network beside it: the digits after a
     number's first are not monotone in its value, which a linear map of the latent cannot express.
-    The output layers start at zero, so a fresh model writes exactly what the frozen decoder would;
+    With ``context=True`` the hidden layer also reads the token just written (an embedding added to its
+    input), so the digit after a ``0`` can differ from the digit after a ``1`` of the same number (99 vs
+    100): per-position logits that ignore the digits before them mix the two. The output layers (and the
+    context embedding) start at zero, so a fresh model writes exactly what the frozen decoder would;
     training moves each group's logits by a function of the latent (a product of experts with the LLM).
+
+    ``forward`` returns the latent's part once per row as one packed tensor ("the table", [B, G * K + H]:
+    the linear logits, then the hidden layer's input); :meth:`choice_logits` turns it into the logits of
+    single choices.
     """
 
-    def __init__(self, latent_dim: int, n_groups: int, n_tokens: int, hidden: int = 0):
+    def __init__(self, latent_dim: int, n_groups: int, n_tokens: int, hidden: int = 0, context: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(n_groups * n_tokens, latent_dim))
         self.bias = nn.Parameter(torch.zeros(n_groups * n_tokens))
         self.shape = (n_groups, n_tokens)
         self.hidden = None
+        self.context = None
         if hidden:
             self.hidden = nn.Linear(latent_dim, hidden)  # default init: the features must differ from the start
             self.out = nn.Linear(hidden, n_groups * n_tokens, bias=False)
             nn.init.zeros_(self.out.weight)
+            if context:  # row n_tokens: no token before (the row's first choice)
+                self.context = nn.Embedding(n_tokens + 1, hidden)
+                nn.init.zeros_(self.context.weight)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, D] -> the table [B, G * K + H] (H = 0 without the hidden layer)."""
         z = z.float()
         logits = F.linear(z, self.weight, self.bias)  # [B, G * K]
-        if self.hidden is not None:
-            logits = logits + self.out(F.silu(self.hidden(z)))
-        return logits.view(z.shape[0], *self.shape)
+        if self.hidden is None:
+            return logits
+        return torch.cat([logits, self.hidden(z)], 1)
+
+    def choice_logits(self, table: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor,
+                      prev: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [N, K] of N choices: the table's row rows [N], group groups [N], and prev [N] the
+        sub-vocabulary id of the token written before each choice (``n_tokens`` for none; ignored
+        without context)."""
+        G, K = self.shape
+        lin = table[:, :G * K].view(-1, G, K)[rows, groups]  # [N, K]
+        if self.hidden is None:
+            return lin
+        h = table[rows, G * K:]  # [N, H]
+        if self.context is not None and prev is not None:
+            h = h + self.context(prev)
+        w = self.out.weight.view(G, K, -1)[groups]  # [N, K, H]
+        return lin + torch.einsum("nkh,nh->nk", w, F.silu(h))
+
+    def all_logits(self, table: torch.Tensor, groups: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Logits [P, M, K] of M choices (groups [M], tokens before them prev [M]) under each of the P rows
+        of the table: the head's likelihood of fixed cells under many latents."""
+        G, K = self.shape
+        lin = table[:, :G * K].view(-1, G, K)[:, groups]  # [P, M, K]
+        if self.hidden is None:
+            return lin
+        h = table[:, None, G * K:]  # [P, 1, H]
+        if self.context is not None:
+            h = h + self.context(prev)[None]  # [P, M, H]
+        w = self.out.weight.view(G, K, -1)[groups]  # [M, K, H]
+        return lin + torch.einsum("mkh,pmh->pmk", w, F.silu(h).expand(-1, len(groups), -1))
 
 
 class RowModel(nn.Module):
@@ -79,20 +119,21 @@ class RowModel(nn.Module):
 
     # -- logits ------------------------------------------------------------------------------------------
     def logits(self, h: torch.Tensor, states: torch.Tensor, table: torch.Tensor | None = None,
-               rows: torch.Tensor | None = None) -> torch.Tensor:
+               rows: torch.Tensor | None = None, prev: torch.Tensor | None = None) -> torch.Tensor:
         """Masked logits of choices over the sub-vocabulary.
 
         h [N, H]: decoder hidden states (after the final norm) that predict the next token; states [N]: the
         grammar state of each; table [B, G, K]: the latent head's output for the batch (or None), and rows
         [N] the batch row of each choice (default: row n is choice n). Returns float32 [N, K], -inf where
-        the state forbids the token.
+        the state forbids the token. prev [N]: the sub-vocabulary id of the token written before each
+        choice (``K`` for none), which the latent head reads (:meth:`LatentLogitHead.choice_logits`).
         """
         logits = F.linear(h, self.head_weight, self.head_bias).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         if table is not None:
             rows = torch.arange(len(h), device=h.device) if rows is None else rows
-            logits = logits + table[rows, self.grammar.group[states].clamp(min=0)]
+            logits = logits + self.latent_head.choice_logits(table, rows, self.grammar.group[states].clamp(min=0), prev)
         return self._masked(logits, states)
 
     def _masked(self, logits, states):
@@ -103,6 +144,11 @@ class RowModel(nn.Module):
         """Positions (row [M], position [M]) of the real choices in a padded batch, and their states [M]."""
         bi, ji = (valid & self.grammar.choice[states]).nonzero(as_tuple=True)
         return bi, ji, states[bi, ji]
+
+    def _prev(self, toks, bi, ji):
+        """Sub-vocabulary id of the token before each choice (row bi [M], position ji [M]); K at a row's start."""
+        before = self.grammar.to_local(toks[bi, (ji - 1).clamp(min=0)])
+        return torch.where(ji > 0, before, self.grammar.K)
 
     def _target_nll(self, logits, toks):
         """Masked logits [M, K] and the decoder tokens written [M] -> NLL of each [M]."""
@@ -143,7 +189,7 @@ class RowModel(nn.Module):
         h, _ = run_base(self.decoder.base_model, x, memory)
         h = h[:, inj.n_prefix - 1:]  # the hidden state that predicts token j sits at P - 1 + j
         bi, ji, st = self._choices(states, valid)
-        logits = self.logits(h[bi, ji], st, parts["table"], bi)
+        logits = self.logits(h[bi, ji], st, parts["table"], bi, self._prev(toks, bi, ji))
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
     def head_nll(self, z, toks, states, valid):
@@ -152,11 +198,11 @@ class RowModel(nn.Module):
         return self.head_nll_given(self.latent_head(z), toks, states, valid)
 
     def head_nll_given(self, table, toks, states, valid):
-        """:meth:`head_nll` from the latent head's output table [B, G, K]."""
+        """:meth:`head_nll` from the latent head's output table (:meth:`LatentLogitHead.forward`)."""
         dev = self.device
         toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
         bi, ji, st = self._choices(states, valid)
-        logits = self._masked(table[bi, self.grammar.group[st]], st)
+        logits = self._masked(self.latent_head.choice_logits(table, bi, self.grammar.group[st], self._prev(toks, bi, ji)), st)
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
     # -- sampling ----------------------------------------------------------------------------------------
@@ -199,7 +245,7 @@ class RowModel(nn.Module):
         B = z.shape[0]
         if head_only and self.latent_head is None:
             raise ValueError("head_only generation needs the latent logit head (latent_head=True)")
-        table = None if self.latent_head is None else self.latent_head(z)  # [B, G, K]
+        table = None if self.latent_head is None else self.latent_head(z)  # [B, G * K + H]
         if not head_only:
             emb = dec.get_input_embeddings()
             prefix = inj.prefix_embeds(z).to(dtype)
@@ -213,6 +259,7 @@ class RowModel(nn.Module):
         state = torch.full((B,), g.start, dtype=torch.long, device=dev)
         out = torch.full((B, g.max_tokens), g.pad, dtype=torch.long, device=dev)  # sub-vocabulary ids
         length = torch.zeros(B, dtype=torch.long, device=dev)
+        prev = torch.full((B,), g.K, dtype=torch.long, device=dev)  # the token just written, for the latent head
         if temperature > 0:  # every uniform drawn at once, on the generator's device, moved over once
             u = torch.rand(g.max_tokens, B, 1, generator=generator,
                            device=generator.device if generator is not None else dev).to(dev)
@@ -224,9 +271,9 @@ class RowModel(nn.Module):
             live = state != g.done
             st = torch.where(live, state, g.start)
             if head_only:  # the latent head's logits alone (literal text is forced either way)
-                logits = self._masked(table[rows, g.group[st].clamp(min=0)], st)
+                logits = self._masked(self.latent_head.choice_logits(table, rows, g.group[st].clamp(min=0), prev), st)
             else:
-                logits = self.logits(h, st, table)  # [B, K]
+                logits = self.logits(h, st, table, prev=prev)  # [B, K]
             if temperature <= 0:
                 pick = logits.argmax(-1)
             else:  # inverse CDF: the first token whose cumulative probability reaches u
@@ -242,6 +289,7 @@ class RowModel(nn.Module):
                 tok = torch.where((col >= 0) & (want >= 0), want, tok)
             tok = torch.where(live, tok, g.pad)
             out[:, t] = tok
+            prev = tok
             length += live
             state = g.step(state, tok)
             if not bool((state != g.done).any()):  # the one host sync per token

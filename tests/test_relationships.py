@@ -262,14 +262,24 @@ def test_row_vae_computes_the_whole_loss_in_one_forward(tiny_kwargs, mixed_df):
 
 
 def test_hidden_latent_head_starts_neutral_trains_and_round_trips(tiny_kwargs, mixed_df, tmp_path):
-    head = LatentLogitHead(6, 3, 5, hidden=8)
+    head = LatentLogitHead(6, 3, 5, hidden=8, context=True)
     z = torch.randn(4, 6)
-    assert torch.equal(head(z), torch.zeros(4, 3, 5))  # zero output layers: the frozen decoder's model
-    (head(z) * torch.randn(4, 3, 5)).sum().backward()  # gradients reach the output layer
+    rows, groups, prev = torch.tensor([0, 1, 2, 3, 3]), torch.tensor([0, 2, 1, 1, 1]), torch.tensor([5, 0, 4, 1, 2])
+    logits = head.choice_logits(head(z), rows, groups, prev)
+    assert torch.equal(logits, torch.zeros(5, 5))  # zero output layers: the frozen decoder's model
+    (logits * torch.randn(5, 5)).sum().backward()  # gradients reach the output layer
     assert head.out.weight.grad.abs().sum() > 0
-    s = DiffLMSynthesizer(**{**tiny_kwargs, "latent_head_hidden": 8}).fit(mixed_df)
+    with torch.no_grad():
+        head.out.weight.normal_()
+        head.context.weight.normal_()
+    logits = head.choice_logits(head(z), rows, groups, prev)
+    assert not torch.allclose(logits[3], logits[4])  # same row and group, another token before: other logits
+    every = head.all_logits(head(z), groups, prev)  # [4 rows, 5 choices, 5 tokens]
+    torch.testing.assert_close(every[rows, torch.arange(5)], logits)
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "latent_head_hidden": 8, "latent_head_context": True}).fit(mixed_df)
     assert s.latent_head_.out.weight.abs().sum() > 0  # trained away from zero
+    assert s.latent_head_.context.weight.abs().sum() > 0
     s.save(tmp_path / "m.tdl")
     back = DiffLMSynthesizer.load(tmp_path / "m.tdl")
-    assert back.latent_head_hidden == 8
+    assert back.latent_head_hidden == 8 and back.latent_head_context
     pd.testing.assert_frame_equal(s.sample(6, random_state=1), back.sample(6, random_state=1))
