@@ -30,9 +30,9 @@ class LatentLogitHead(nn.Module):
     context embedding) start at zero, so a fresh model writes exactly what the frozen decoder would;
     training moves each group's logits by a function of the latent (a product of experts with the LLM).
 
-    ``forward`` returns the latent's part once per row as one packed tensor ("the table", [B, G * K + H]:
-    the linear logits, then the hidden layer's input); :meth:`choice_logits` turns it into the logits of
-    single choices.
+    ``forward`` returns the latent's part once per row as one tensor, "the table": every group's logits
+    [B, G * K], or with context the linear logits and the hidden layer's input [B, G * K + H] (the rest
+    depends on the token before); :meth:`choice_logits` turns it into the logits of single choices.
     """
 
     def __init__(self, latent_dim: int, n_groups: int, n_tokens: int, hidden: int = 0, context: bool = False):
@@ -51,11 +51,13 @@ class LatentLogitHead(nn.Module):
                 nn.init.zeros_(self.context.weight)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, D] -> the table [B, G * K + H] (H = 0 without the hidden layer)."""
+        """z [B, D] -> the table: [B, G * K], or [B, G * K + H] with context."""
         z = z.float()
         logits = F.linear(z, self.weight, self.bias)  # [B, G * K]
         if self.hidden is None:
             return logits
+        if self.context is None:
+            return logits + self.out(F.silu(self.hidden(z)))
         return torch.cat([logits, self.hidden(z)], 1)
 
     def choice_logits(self, table: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor,
@@ -65,10 +67,10 @@ class LatentLogitHead(nn.Module):
         without context)."""
         G, K = self.shape
         lin = table[:, :G * K].view(-1, G, K)[rows, groups]  # [N, K]
-        if self.hidden is None:
+        if self.context is None:
             return lin
         h = table[rows, G * K:]  # [N, H]
-        if self.context is not None and prev is not None:
+        if prev is not None:
             h = h + self.context(prev)
         w = self.out.weight.view(G, K, -1)[groups]  # [N, K, H]
         return lin + torch.einsum("nkh,nh->nk", w, F.silu(h))
@@ -78,11 +80,9 @@ class LatentLogitHead(nn.Module):
         of the table: the head's likelihood of fixed cells under many latents."""
         G, K = self.shape
         lin = table[:, :G * K].view(-1, G, K)[:, groups]  # [P, M, K]
-        if self.hidden is None:
+        if self.context is None:
             return lin
-        h = table[:, None, G * K:]  # [P, 1, H]
-        if self.context is not None:
-            h = h + self.context(prev)[None]  # [P, M, H]
+        h = table[:, None, G * K:] + self.context(prev)[None]  # [P, M, H]
         w = self.out.weight.view(G, K, -1)[groups]  # [M, K, H]
         return lin + torch.einsum("mkh,pmh->pmk", w, F.silu(h).expand(-1, len(groups), -1))
 

@@ -330,6 +330,9 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.dp_epsilon is not None and self.prior != "diffusion":
             raise ValueError(f"dp_epsilon needs prior='diffusion' (trained with DP-SGD); prior={self.prior!r} "
                              "would release the latents' covariance without noise")
+        if self.dp_epsilon is not None and self.latent_head and self.latent_head_hidden and self.latent_head_context:
+            raise ValueError("dp_epsilon does not support latent_head_context=True (the per-row gradients pass "
+                             "through the latent head's table, which the token before does not reach)")
         if self.dp_epsilon is not None and parallel.launched():
             raise ValueError("dp_epsilon does not run under torchrun: fit with differential privacy in one process")
         for name in ("aux_weight", "max_beta", "max_time", "learning_rate", "temperature", "dp_epsilon",
@@ -959,7 +962,7 @@ class DiffLMSynthesizer(BaseEstimator):
         bi, st, tok = bi[keep], st[keep], g.to_local(toks[bi, ji][keep])
         ll = torch.zeros(k, pool, device=dev)  # log p_head(shown cells of row b | z_p)
         head = model.latent_head
-        chunk = 256 if head.hidden is None else 32  # the hidden layer's [P, m, H] activations, m at a time
+        chunk = 256 if head.context is None else 32  # the hidden layer's [P, m, H] activations, m at a time
         with torch.no_grad():
             table = head(z.to(dev))  # [P, G * K + H]
             for c in range(0, len(st), chunk):  # [P, m, K] at a time

@@ -117,6 +117,7 @@ def test_dp_fit_cut_short_reports_less_than_planned(tiny_kwargs, monkeypatch):
 
 @pytest.mark.parametrize("params, word", [
     ({"dp_epsilon": 1.0, "prior": "gaussian"}, "prior"),
+    ({"dp_epsilon": 1.0, "latent_head_context": True}, "latent_head_context"),
     ({"dp_epsilon": 0.0}, "dp_epsilon"),
     ({"dp_epsilon": float("inf")}, "dp_epsilon"),
     ({"dp_epsilon": 1.0, "dp_delta": 1.5}, "dp_delta"),
