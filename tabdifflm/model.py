@@ -123,7 +123,7 @@ class RowModel(nn.Module):
         """Masked logits of choices over the sub-vocabulary.
 
         h [N, H]: decoder hidden states (after the final norm) that predict the next token; states [N]: the
-        grammar state of each; table [B, G, K]: the latent head's output for the batch (or None), and rows
+        grammar state of each; table: the latent head's output for the batch (or None), and rows
         [N] the batch row of each choice (default: row n is choice n). Returns float32 [N, K], -inf where
         the state forbids the token. prev [N]: the sub-vocabulary id of the token written before each
         choice (``K`` for none), which the latent head reads (:meth:`LatentLogitHead.choice_logits`).
@@ -202,7 +202,8 @@ class RowModel(nn.Module):
         dev = self.device
         toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
         bi, ji, st = self._choices(states, valid)
-        logits = self._masked(self.latent_head.choice_logits(table, bi, self.grammar.group[st], self._prev(toks, bi, ji)), st)
+        logits = self.latent_head.choice_logits(table, bi, self.grammar.group[st], self._prev(toks, bi, ji))
+        logits = self._masked(logits, st)
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
     # -- sampling ----------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ class RowModel(nn.Module):
         B = z.shape[0]
         if head_only and self.latent_head is None:
             raise ValueError("head_only generation needs the latent logit head (latent_head=True)")
-        table = None if self.latent_head is None else self.latent_head(z)  # [B, G * K + H]
+        table = None if self.latent_head is None else self.latent_head(z)  # the head's table, once per row
         if not head_only:
             emb = dec.get_input_embeddings()
             prefix = inj.prefix_embeds(z).to(dtype)
