@@ -46,3 +46,19 @@ def test_merge_keeps_other_methods(tiny_profile):
     res = bench.run_dataset("magic", ["gaussian_copula"], "test", merge=True)
     assert [r["method"] for r in res["runs"]] == ["real", "gaussian_copula"]
     assert (tiny_profile / "test" / "magic_gaussian_copula_columns.png").exists()
+
+
+def test_privacy_benchmark_pools_attack_seeds():
+    """Several attack runs -> per risk the mean, the range and the runs whose interval lies above 0; the
+    table shows them, and a risk that failed in every run stays marked as failed."""
+    from benchmarks.privacy import markdown, pooled
+
+    def run(link, low):
+        return {"singling_out": {"risk": 0.0, "ci": [0.0, 0.01]}, "linkability": {"risk": link, "ci": [low, 0.2]},
+                "inference": {"error": "no secret"}}
+
+    out = pooled([run(0.1, 0.02), run(0.0, 0.0), run(0.05, 0.0)])
+    assert out["linkability"] == pytest.approx({"risk": 0.05, "min": 0.0, "max": 0.1, "above_zero": 1, "runs": 3})
+    assert out["inference"] == {"error": "no secret"}
+    table = markdown({"secret": "income", "rows": {"m": {**out, "dcr_share": 0.5, "exact_copies": 0}}})
+    assert "| m | 0.000 (0.000-0.000; 0/3) | 0.050 (0.000-0.100; 1/3) | n/a | 50.0 % | 0 |" in table
