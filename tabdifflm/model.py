@@ -63,15 +63,13 @@ class LatentLogitHead(nn.Module):
     def choice_logits(self, table: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor,
                       prev: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [N, K] of N choices: the table's row rows [N], group groups [N], and prev [N] the
-        sub-vocabulary id of the token written before each choice (``n_tokens`` for none; ignored
-        without context)."""
+        sub-vocabulary id of the token written before each choice (``n_tokens`` for none; needed with
+        context, ignored without)."""
         G, K = self.shape
         lin = table[:, :G * K].view(-1, G, K)[rows, groups]  # [N, K]
         if self.context is None:
             return lin
-        h = table[rows, G * K:]  # [N, H]
-        if prev is not None:
-            h = h + self.context(prev)
+        h = table[rows, G * K:] + self.context(prev)  # [N, H]
         w = self.out.weight.view(G, K, -1)[groups]  # [N, K, H]
         return lin + torch.einsum("nkh,nh->nk", w, F.silu(h))
 
@@ -145,8 +143,9 @@ class RowModel(nn.Module):
         bi, ji = (valid & self.grammar.choice[states]).nonzero(as_tuple=True)
         return bi, ji, states[bi, ji]
 
-    def _prev(self, toks, bi, ji):
-        """Sub-vocabulary id of the token before each choice (row bi [M], position ji [M]); K at a row's start."""
+    def tokens_before(self, toks, bi, ji):
+        """Sub-vocabulary id [M] of the token before each choice (row bi [M], position ji [M] of the decoder
+        tokens toks [B, L]); K at a row's start. What the latent head reads with context."""
         before = self.grammar.to_local(toks[bi, (ji - 1).clamp(min=0)])
         return torch.where(ji > 0, before, self.grammar.K)
 
@@ -189,7 +188,7 @@ class RowModel(nn.Module):
         h, _ = run_base(self.decoder.base_model, x, memory)
         h = h[:, inj.n_prefix - 1:]  # the hidden state that predicts token j sits at P - 1 + j
         bi, ji, st = self._choices(states, valid)
-        logits = self.logits(h[bi, ji], st, parts["table"], bi, self._prev(toks, bi, ji))
+        logits = self.logits(h[bi, ji], st, parts["table"], bi, self.tokens_before(toks, bi, ji))
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
     def head_nll(self, z, toks, states, valid):
@@ -202,7 +201,7 @@ class RowModel(nn.Module):
         dev = self.device
         toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
         bi, ji, st = self._choices(states, valid)
-        logits = self.latent_head.choice_logits(table, bi, self.grammar.group[st], self._prev(toks, bi, ji))
+        logits = self.latent_head.choice_logits(table, bi, self.grammar.group[st], self.tokens_before(toks, bi, ji))
         logits = self._masked(logits, st)
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 

@@ -958,13 +958,13 @@ class DiffLMSynthesizer(BaseEstimator):
         bi, ji = (valid & g.choice[sts]).nonzero(as_tuple=True)  # every choice of every row  [M]
         st = sts[bi, ji]
         keep = torch.as_tensor(shown[part], device=dev)[bi, g.column[st]]  # in a known cell
-        prev = model._prev(toks, bi, ji)[keep]  # the token before each choice, which the head reads
+        prev = model.tokens_before(toks, bi, ji)[keep]  # the token before each choice, which the head reads
         bi, st, tok = bi[keep], st[keep], g.to_local(toks[bi, ji][keep])
         ll = torch.zeros(k, pool, device=dev)  # log p_head(shown cells of row b | z_p)
         head = model.latent_head
         chunk = 256 if head.context is None else 32  # the hidden layer's [P, m, H] activations, m at a time
         with torch.no_grad():
-            table = head(z.to(dev))  # [P, G * K + H]
+            table = head(z.to(dev))  # the head's table, one row per pool latent
             for c in range(0, len(st), chunk):  # [P, m, K] at a time
                 sl = slice(c, c + chunk)
                 logits = head.all_logits(table, g.group[st[sl]], prev[sl]).masked_fill(~g.mask(st[sl])[None],
