@@ -82,7 +82,7 @@ class LatentLogitHead(nn.Module):
             return lin
         h = table[:, None, G * K:] + self.context(prev)[None]  # [P, M, H]
         w = self.out.weight.view(G, K, -1)[groups]  # [M, K, H]
-        return lin + torch.einsum("mkh,pmh->pmk", w, F.silu(h).expand(-1, len(groups), -1))
+        return lin + torch.einsum("mkh,pmh->pmk", w, F.silu(h))
 
 
 class RowModel(nn.Module):
