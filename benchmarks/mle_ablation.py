@@ -55,6 +55,10 @@ ABLATIONS = {
     "aux_steps_3": {"aux_steps": 3, "aux_stop_gap": None},
     # version 0.8: the heads-only steps end once the gap passes aux_stop_gap (0.05); before, they never did
     "v0.7_default": {"aux_stop_gap": None},
+    # version 0.11: the number head, and the denoiser's longer training it needs
+    "v0.10_default": {"number_head": 0, "diffusion_train_steps": 3000, "diffusion_learning_rate": 1e-3},
+    "no_number_head": {"number_head": 0},
+    "number_head_short_prior": {"diffusion_train_steps": 3000, "diffusion_learning_rate": 1e-3},
 }
 
 

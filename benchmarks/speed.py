@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tabdifflm.numbers import Cells
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -78,6 +80,8 @@ def generate_reference(model, z, temperature=1.0, generator=None):
     offset = inj.token_offset(z)
     table = model.latent_head(z) if model.latent_head is not None else None
     state, rows = [g.start] * B, [[] for _ in range(B)]
+    numbers = model.numbers
+    columns = [[] for _ in range(B)]  # the schema column of each state a row passed, for the number head
     pad = g.lits[-1][-1]
     emb = dec.get_input_embeddings()
     for _ in range(g.max_tokens()):
@@ -95,7 +99,14 @@ def generate_reference(model, z, temperature=1.0, generator=None):
             if table is not None:
                 grp = torch.tensor([g.group_of(state[b]) for b in choose])
                 prev = torch.tensor([local[rows[b][-1]] if rows[b] else len(vocab) for b in choose])
-                logits = logits + model.latent_head.choice_logits(table, idx.to(dev), grp.to(dev), prev.to(dev))
+                cells = None
+                if numbers is not None:  # where each row is in its number, from the row so far
+                    at = [numbers.cells(torch.tensor([columns[b] + [_column(g, state[b])]], device=dev),
+                                        torch.tensor([[local[t] for t in rows[b]] + [0]], device=dev))[0, -1]
+                          for b in choose]
+                    cells = Cells(*(torch.stack(f) for f in zip(*at)))
+                logits = logits + model.latent_head.choice_logits(table, idx.to(dev), grp.to(dev), prev.to(dev),
+                                                                  cells)
             mask = torch.zeros(len(choose), len(vocab), dtype=torch.bool)
             for r, b in enumerate(choose):
                 mask[r, [local[t] for t in g.allowed(state[b])]] = True
@@ -106,6 +117,7 @@ def generate_reference(model, z, temperature=1.0, generator=None):
                 pick = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
             nxt[idx] = g.vocab[pick]
         for b in live:
+            columns[b].append(_column(g, state[b]))
             rows[b].append(int(nxt[b]))
             state[b] = g.next_state(state[b], int(nxt[b]))
         x = emb(nxt.to(dev)[:, None]).float()
@@ -114,6 +126,11 @@ def generate_reference(model, z, temperature=1.0, generator=None):
         h, cache = run_base(dec.base_model, x.to(dtype), cache, True)
         h = h[:, -1]
     return rows
+
+
+def _column(g, state) -> int:
+    c = g.column_of(state)
+    return -1 if c is None else c
 
 
 def time_sampling(model, z, fn, repeats=1):

@@ -17,6 +17,7 @@ from torch import nn
 
 from .decoder import run_base
 from .grammar import CompiledGrammar, RowGrammar
+from .numbers import Cells, NumberHead
 
 
 class LatentLogitHead(nn.Module):
@@ -35,8 +36,10 @@ class LatentLogitHead(nn.Module):
     depends on the token before); :meth:`choice_logits` turns it into the logits of single choices.
     """
 
-    def __init__(self, latent_dim: int, n_groups: int, n_tokens: int, hidden: int = 0, context: bool = False):
+    def __init__(self, latent_dim: int, n_groups: int, n_tokens: int, hidden: int = 0, context: bool = False,
+                 numbers: NumberHead | None = None):
         super().__init__()
+        self.numbers = numbers  # reads the hidden layer (or the latent); its parameters end the table
         self.weight = nn.Parameter(torch.zeros(n_groups * n_tokens, latent_dim))
         self.bias = nn.Parameter(torch.zeros(n_groups * n_tokens))
         self.shape = (n_groups, n_tokens)
@@ -51,38 +54,58 @@ class LatentLogitHead(nn.Module):
                 nn.init.zeros_(self.context.weight)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, D] -> the table: [B, G * K], or [B, G * K + H] with context."""
+        """z [B, D] -> the table: [B, G * K], or [B, G * K + H] with context, then the number head's
+        parameters [B, NP] where it has one."""
         z = z.float()
         logits = F.linear(z, self.weight, self.bias)  # [B, G * K]
-        if self.hidden is None:
-            return logits
-        if self.context is None:
-            return logits + self.out(F.silu(self.hidden(z)))
-        return torch.cat([logits, self.hidden(z)], 1)
+        parts = [logits]
+        if self.hidden is not None:
+            pre = self.hidden(z)  # [B, H]
+            if self.context is None:
+                parts[0] = logits + self.out(F.silu(pre))
+            else:
+                parts.append(pre)
+        if self.numbers is not None:
+            parts.append(self.numbers(z if self.hidden is None else F.silu(pre)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    def _hidden_part(self, table: torch.Tensor) -> torch.Tensor:
+        """The context head's hidden-layer input [B, H] in the table."""
+        G, K = self.shape
+        return table[:, G * K:G * K + self.hidden.out_features]
 
     def choice_logits(self, table: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor,
-                      prev: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [N, K] of N choices: the table's row rows [N], group groups [N], and prev [N] the
+                      prev: torch.Tensor | None = None, cells: Cells | None = None) -> torch.Tensor:
+        """Logits [N, K] of N choices: the table's row rows [N], group groups [N], prev [N] the
         sub-vocabulary id of the token written before each choice (``n_tokens`` for none; needed with
-        context, ignored without)."""
+        context, ignored without) and cells [N] where each sits in its number (needed with a number head)."""
         G, K = self.shape
-        lin = table[:, :G * K].view(-1, G, K)[rows, groups]  # [N, K]
-        if self.context is None:
-            return lin
-        h = table[rows, G * K:] + self.context(prev)  # [N, H]
-        w = self.out.weight.view(G, K, -1)[groups]  # [N, K, H]
-        return lin + torch.einsum("nkh,nh->nk", w, F.silu(h))
+        out = table[:, :G * K].view(-1, G, K)[rows, groups]  # [N, K]
+        if self.context is not None:
+            h = self._hidden_part(table)[rows] + self.context(prev)  # [N, H]
+            w = self.out.weight.view(G, K, -1)[groups]  # [N, K, H]
+            out = out + torch.einsum("nkh,nh->nk", w, F.silu(h))
+        if self.numbers is not None:
+            out = out + self.numbers.logits(table[rows, -self.numbers.n_params:], cells)
+        return out
 
-    def all_logits(self, table: torch.Tensor, groups: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """Logits [P, M, K] of M choices (groups [M], tokens before them prev [M]) under each of the P rows
-        of the table: the head's likelihood of fixed cells under many latents."""
+    def all_logits(self, table: torch.Tensor, groups: torch.Tensor, prev: torch.Tensor,
+                   cells: Cells | None = None) -> torch.Tensor:
+        """Logits [P, M, K] of M choices (groups [M], tokens before them prev [M], where they sit in their
+        numbers cells [M]) under each of the P rows of the table: the head's likelihood of fixed cells
+        under many latents."""
         G, K = self.shape
-        lin = table[:, :G * K].view(-1, G, K)[:, groups]  # [P, M, K]
-        if self.context is None:
-            return lin
-        h = table[:, None, G * K:] + self.context(prev)[None]  # [P, M, H]
-        w = self.out.weight.view(G, K, -1)[groups]  # [M, K, H]
-        return lin + torch.einsum("mkh,pmh->pmk", w, F.silu(h))
+        out = table[:, :G * K].view(-1, G, K)[:, groups]  # [P, M, K]
+        if self.context is not None:
+            h = self._hidden_part(table)[:, None] + self.context(prev)[None]  # [P, M, H]
+            w = self.out.weight.view(G, K, -1)[groups]  # [M, K, H]
+            out = out + torch.einsum("mkh,pmh->pmk", w, F.silu(h))
+        if self.numbers is not None:
+            P, M = out.shape[:2]
+            params = table[:, -self.numbers.n_params:]  # [P, NP]
+            flat = Cells(*(t.repeat(P) for t in cells))  # [P * M]: every choice under every latent
+            out = out + self.numbers.logits(params.repeat_interleave(M, 0), flat).view(P, M, K)
+        return out
 
 
 class RowModel(nn.Module):
@@ -117,21 +140,24 @@ class RowModel(nn.Module):
 
     # -- logits ------------------------------------------------------------------------------------------
     def logits(self, h: torch.Tensor, states: torch.Tensor, table: torch.Tensor | None = None,
-               rows: torch.Tensor | None = None, prev: torch.Tensor | None = None) -> torch.Tensor:
+               rows: torch.Tensor | None = None, prev: torch.Tensor | None = None,
+               cells: Cells | None = None) -> torch.Tensor:
         """Masked logits of choices over the sub-vocabulary.
 
         h [N, H]: decoder hidden states (after the final norm) that predict the next token; states [N]: the
         grammar state of each; table: the latent head's output for the batch (or None), and rows
         [N] the batch row of each choice (default: row n is choice n). Returns float32 [N, K], -inf where
         the state forbids the token. prev [N]: the sub-vocabulary id of the token written before each
-        choice (``K`` for none), which the latent head reads (:meth:`LatentLogitHead.choice_logits`).
+        choice (``K`` for none), and cells [N] where each sits in its number (:meth:`number_cells`), which
+        the latent head reads (:meth:`LatentLogitHead.choice_logits`).
         """
         logits = F.linear(h, self.head_weight, self.head_bias).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         if table is not None:
             rows = torch.arange(len(h), device=h.device) if rows is None else rows
-            logits = logits + self.latent_head.choice_logits(table, rows, self.grammar.group[states].clamp(min=0), prev)
+            groups = self.grammar.group[states].clamp(min=0)
+            logits = logits + self.latent_head.choice_logits(table, rows, groups, prev, cells)
         return self._masked(logits, states)
 
     def _masked(self, logits, states):
@@ -148,6 +174,19 @@ class RowModel(nn.Module):
         tokens toks [B, L]); K at a row's start. What the latent head reads with context."""
         before = self.grammar.to_local(toks[bi, (ji - 1).clamp(min=0)])
         return torch.where(ji > 0, before, self.grammar.K)
+
+    @property
+    def numbers(self) -> NumberHead | None:
+        """The latent head's number head, if it has one."""
+        return None if self.latent_head is None else self.latent_head.numbers
+
+    def number_cells(self, toks, states, bi, ji) -> Cells | None:
+        """Where each choice (row bi [M], position ji [M] of the decoder tokens toks and grammar states
+        states [B, L]) sits in its number; None without a number head."""
+        if self.numbers is None:
+            return None
+        local = self.grammar.to_local(toks).clamp(max=self.grammar.K - 1)  # padding: any token, never read
+        return self.numbers.cells(self.grammar.column[states], local)[bi, ji]
 
     def _target_nll(self, logits, toks):
         """Masked logits [M, K] and the decoder tokens written [M] -> NLL of each [M]."""
@@ -188,7 +227,8 @@ class RowModel(nn.Module):
         h, _ = run_base(self.decoder.base_model, x, memory)
         h = h[:, inj.n_prefix - 1:]  # the hidden state that predicts token j sits at P - 1 + j
         bi, ji, st = self._choices(states, valid)
-        logits = self.logits(h[bi, ji], st, parts["table"], bi, self.tokens_before(toks, bi, ji))
+        logits = self.logits(h[bi, ji], st, parts["table"], bi, self.tokens_before(toks, bi, ji),
+                             self.number_cells(toks, states, bi, ji))
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
     def head_nll(self, z, toks, states, valid):
@@ -201,7 +241,8 @@ class RowModel(nn.Module):
         dev = self.device
         toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
         bi, ji, st = self._choices(states, valid)
-        logits = self.latent_head.choice_logits(table, bi, self.grammar.group[st], self.tokens_before(toks, bi, ji))
+        logits = self.latent_head.choice_logits(table, bi, self.grammar.group[st], self.tokens_before(toks, bi, ji),
+                                                self.number_cells(toks, states, bi, ji))
         logits = self._masked(logits, st)
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
@@ -260,6 +301,8 @@ class RowModel(nn.Module):
         out = torch.full((B, g.max_tokens), g.pad, dtype=torch.long, device=dev)  # sub-vocabulary ids
         length = torch.zeros(B, dtype=torch.long, device=dev)
         prev = torch.full((B,), g.K, dtype=torch.long, device=dev)  # the token just written, for the latent head
+        numbers = self.numbers
+        cells = None if numbers is None else numbers.start(B, dev)  # where each row is in its number
         if temperature > 0:  # every uniform drawn at once, on the generator's device, moved over once
             u = torch.rand(g.max_tokens, B, 1, generator=generator,
                            device=generator.device if generator is not None else dev).to(dev)
@@ -270,10 +313,13 @@ class RowModel(nn.Module):
         for t in range(g.max_tokens):
             live = state != g.done
             st = torch.where(live, state, g.start)
+            if numbers is not None:
+                cells = numbers.enter(cells, g.column[st])
             if head_only:  # the latent head's logits alone (literal text is forced either way)
-                logits = self._masked(self.latent_head.choice_logits(table, rows, g.group[st].clamp(min=0), prev), st)
+                groups = g.group[st].clamp(min=0)
+                logits = self._masked(self.latent_head.choice_logits(table, rows, groups, prev, cells), st)
             else:
-                logits = self.logits(h, st, table, prev=prev)  # [B, K]
+                logits = self.logits(h, st, table, prev=prev, cells=cells)  # [B, K]
             if temperature <= 0:
                 pick = logits.argmax(-1)
             else:  # inverse CDF: the first token whose cumulative probability reaches u
@@ -290,6 +336,8 @@ class RowModel(nn.Module):
             tok = torch.where(live, tok, g.pad)
             out[:, t] = tok
             prev = tok
+            if numbers is not None:
+                cells = numbers.advance(cells, tok)
             length += live
             state = g.step(state, tok)
             if not bool((state != g.done).any()):  # the one host sync per token

@@ -32,6 +32,7 @@ from .grammar import END, InvalidValue, RowGrammar
 from .injection import METHODS, Injector
 from .metadata import Layout, parse_metadata
 from .model import LatentLogitHead, RowModel, RowVAE
+from .numbers import NumberHead
 from .persistence import ModelFileError, read_model_file, write_model_file
 from .schema import Schema, build_frame, check_frame, frame_rows, infer_schema
 from .serialization import FORMATS, NUMBER_FORMATS, RowFormat, encoder_text
@@ -42,9 +43,9 @@ MIN_PROBE_ROWS = 20  # fewer validation rows than this: the memorisation gap is 
 PROBE_ROWS = 64  # training rows scored at each evaluation for the gap
 DP_DIFFUSION_BATCH = 128  # expected Poisson batch of the prior's DP-SGD steps (at most half the rows)
 LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hidden": 0,
-                 "latent_head_context": False, "aux_weight": 0.0,
+                 "latent_head_context": False, "number_head": 0, "aux_weight": 0.0,
                  "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
-                 "memorisation_gap": None,
+                 "memorisation_gap": None, "diffusion_learning_rate": 1e-3,
                  "privacy_sample": 0}
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
@@ -130,6 +131,13 @@ class DiffLMSynthesizer(BaseEstimator):
         written as a mix of both (199, 000). Off by default: on Beijing PM2.5 it cut the pair-trend error
         from 4.4 to 0.6 % but left MLE where it was and widened the target-association gap
         (docs/design.md).
+    number_head : int
+        Mixture components of the number head (0 = none; used only with ``latent_head=True`` and
+        fixed-width numbers). It gives each number column one distribution over its value from the latent
+        (a mixture of logistics over the value spread by its training quantiles), and each digit the
+        log-probability of the interval of values it leaves open: one smooth function of the latent sets
+        all of a number's digits, where per-position logits learn every digit as a separate class
+        (tabdifflm/numbers.py, docs/design.md).
     aux_weight : float
         Weight of the latent head's own reconstruction loss (the head alone, without the decoder), which makes
         the latent carry every column. Used only with ``latent_head=True``; 0 turns it off.
@@ -192,7 +200,9 @@ class DiffLMSynthesizer(BaseEstimator):
     prior : {"diffusion", "gaussian"}
         Latent prior; "gaussian" (a full-covariance normal) is the ablation the paper's reviewers asked for.
     diffusion_steps : int
-        Heun sampling steps. diffusion_train_steps : denoiser training steps.
+        Heun sampling steps. diffusion_train_steps, diffusion_learning_rate : denoiser training steps and
+        peak learning rate (cosine decay); 5,000 and 2e-3 since version 0.11 (before, 3,000 and 1e-3, which
+        left the prior of the number head's sharper latents undertrained).
     temperature : float
         Decoder sampling temperature (0 = greedy).
     decoder_dtype : {"auto", "float32", "bfloat16", "float16"}
@@ -226,6 +236,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "latent_head": ["boolean"], "row_features": ["boolean"],
         "latent_head_hidden": [Interval(numbers.Integral, 0, None, closed="left")],
         "latent_head_context": ["boolean"],
+        "number_head": [Interval(numbers.Integral, 0, None, closed="left")],
         "aux_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "aux_steps": [Interval(numbers.Integral, 0, None, closed="left")],
         "aux_stop_gap": [Interval(numbers.Real, 0, None, closed="neither"), None],
@@ -246,6 +257,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "encoder_learning_rate": [Interval(numbers.Real, 0, None, closed="left")],
         "prior": [StrOptions({"diffusion", "gaussian"})],
         "diffusion_steps": _pos_int, "diffusion_train_steps": _pos_int,
+        "diffusion_learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "temperature": [Interval(numbers.Real, 0, None, closed="left")],
         "decoder_dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
         "device": [str, torch.device],
@@ -259,13 +271,14 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
-                 latent_head_hidden=256, latent_head_context=False, aux_weight=1.0, aux_steps=10, aux_stop_gap=0.05,
-                 row_features=True, column_loss="column",
+                 latent_head_hidden=256, latent_head_context=False, number_head=4, aux_weight=1.0, aux_steps=10,
+                 aux_stop_gap=0.05, row_features=True, column_loss="column",
                  max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, memorisation_gap=0.15,
                  privacy_sample=200, dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
                  decoder_adapter=None, lora_rank=8,
                  lora_alpha=16.0, batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
-                 diffusion_steps=50, diffusion_train_steps=3000, temperature=1.0, decoder_dtype="auto",
+                 diffusion_steps=50, diffusion_train_steps=5000, diffusion_learning_rate=2e-3, temperature=1.0,
+                 decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
                  constraints=None, metadata=None, n_jobs=None, random_state=None, verbose=True):
         self.encoder = encoder
@@ -279,6 +292,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.latent_head = latent_head
         self.latent_head_hidden = latent_head_hidden
         self.latent_head_context = latent_head_context
+        self.number_head = number_head
         self.aux_weight = aux_weight
         self.aux_steps = aux_steps
         self.aux_stop_gap = aux_stop_gap
@@ -302,6 +316,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.prior = prior
         self.diffusion_steps = diffusion_steps
         self.diffusion_train_steps = diffusion_train_steps
+        self.diffusion_learning_rate = diffusion_learning_rate
         self.temperature = temperature
         self.decoder_dtype = decoder_dtype
         self.device = device
@@ -335,8 +350,8 @@ class DiffLMSynthesizer(BaseEstimator):
                              "through the latent head's table, which the token before does not reach)")
         if self.dp_epsilon is not None and parallel.launched():
             raise ValueError("dp_epsilon does not run under torchrun: fit with differential privacy in one process")
-        for name in ("aux_weight", "max_beta", "max_time", "learning_rate", "temperature", "dp_epsilon",
-                     "dp_max_grad_norm"):
+        for name in ("aux_weight", "max_beta", "max_time", "learning_rate", "diffusion_learning_rate", "temperature",
+                     "dp_epsilon", "dp_max_grad_norm"):
             v = getattr(self, name)
             if v is not None and math.isinf(v):
                 raise ValueError(f"{name} must be finite, got {v!r}")
@@ -386,8 +401,13 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.latent_head:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 1)
+                numbers = None
+                if self.number_head and self._number_format() == "fixed" and any(
+                        c.kind == "numeric" for c in schema.columns):
+                    numbers = NumberHead(self._grammar, self.latent_head_hidden or self.latent_dim, self.number_head)
                 head = LatentLogitHead(self.latent_dim, self._grammar.n_groups, self._grammar.K,
-                                       hidden=self.latent_head_hidden, context=self.latent_head_context).to(device)
+                                       hidden=self.latent_head_hidden, context=self.latent_head_context,
+                                       numbers=numbers).to(device)
         ref = {"decoder": self.decoder if self.decoder is not None else DEFAULT_DECODER, "resolved": dec_src,
                "fingerprint": dec_fp, "dtype": str(dtype).replace("torch.", "")}
         return (encoder, injector, head, adapter, ref,
@@ -466,6 +486,10 @@ class DiffLMSynthesizer(BaseEstimator):
         encoder, injector, head, adapter, dec_ref, enc_ref = self._setup(
             schema, seed, encoder_weights=True, n_features=featurizer.n_features if featurizer else 0)
         grammar = self._grammar
+        if head is not None and head.numbers is not None and self.dp_epsilon is None:
+            # the values' spread from their training quantiles (the row features' grid); under DP it stays
+            # linear over each column's range, which the schema already holds
+            head.numbers.set_knots([[r[i] for r in rows if r[i] is not None] for i in head.numbers.columns])
         budget = math.inf if self.max_time is None else float(self.max_time)
         enc_texts, toks, states = [], [], []
         for i, r in enumerate(rows):
@@ -533,7 +557,7 @@ class DiffLMSynthesizer(BaseEstimator):
             planned = dp_diffusion_steps if ledger else self.diffusion_train_steps
             self.denoiser_, history["diffusion"] = train_diffusion(
                 zn, steps=planned, deadline=t_start + 0.98 * budget - check_s, generator=gen,
-                dp=ledger, verbose=self.verbose, device=self._device())
+                lr=self.diffusion_learning_rate, dp=ledger, verbose=self.verbose, device=self._device())
             ran = history["diffusion"][-1]["step"] + 1 if history["diffusion"] else 0
             history["stopped"]["diffusion"] = "steps" if ran >= planned else "time budget"
             if ran < planned:
@@ -959,6 +983,8 @@ class DiffLMSynthesizer(BaseEstimator):
         st = sts[bi, ji]
         keep = torch.as_tensor(shown[part], device=dev)[bi, g.column[st]]  # in a known cell
         prev = model.tokens_before(toks, bi, ji)[keep]  # the token before each choice, which the head reads
+        cells = model.number_cells(toks, sts, bi, ji)
+        cells = None if cells is None else cells[keep]  # where each sits in its number
         bi, st, tok = bi[keep], st[keep], g.to_local(toks[bi, ji][keep])
         ll = torch.zeros(k, pool, device=dev)  # log p_head(shown cells of row b | z_p)
         head = model.latent_head
@@ -967,8 +993,8 @@ class DiffLMSynthesizer(BaseEstimator):
             table = head(z.to(dev))  # the head's table, one row per pool latent
             for c in range(0, len(st), chunk):  # [P, m, K] at a time
                 sl = slice(c, c + chunk)
-                logits = head.all_logits(table, g.group[st[sl]], prev[sl]).masked_fill(~g.mask(st[sl])[None],
-                                                                                      float("-inf"))
+                logits = head.all_logits(table, g.group[st[sl]], prev[sl], None if cells is None else cells[sl])
+                logits = logits.masked_fill(~g.mask(st[sl])[None], float("-inf"))
                 lp = torch.log_softmax(logits, -1).gather(2, tok[sl][None, :, None].expand(pool, -1, 1))
                 ll.index_add_(0, bi[sl], lp.squeeze(2).T)
         pick = torch.multinomial(torch.softmax(ll.cpu().double(), -1), 1, generator=gen).squeeze(1)  # [k]

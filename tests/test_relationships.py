@@ -12,6 +12,7 @@ from tabdifflm.grammar import RowGrammar
 from tabdifflm.injection import Injector
 from tabdifflm.metrics import target_associations
 from tabdifflm.model import LatentLogitHead, RowModel
+from tabdifflm.numbers import NumberHead
 from tabdifflm.schema import frame_rows, infer_schema
 from tabdifflm.serialization import RowFormat
 from tabdifflm.training import column_balanced_mean, pad_batch, reconstruction_nll
@@ -206,7 +207,8 @@ def test_a_time_budget_leaves_the_diffusion_prior_its_steps(tiny_kwargs, mixed_d
 @pytest.mark.parametrize("method", ["soft_prompt", "kv_memory"])
 def test_compiled_sampler_writes_the_rows_of_the_reference_loop(tiny_decoder, batch, method):
     """Greedy rows from the tensor-table sampler equal those of the per-row Python loop it replaced
-    (kept in benchmarks.speed as the reference), on the same latents, with and without the latent head."""
+    (kept in benchmarks.speed as the reference), on the same latents, with and without the latent head and
+    its number head."""
     from benchmarks.speed import generate_reference
 
     g, _ = batch
@@ -214,8 +216,12 @@ def test_compiled_sampler_writes_the_rows_of_the_reference_loop(tiny_decoder, ba
     head = LatentLogitHead(6, g.n_groups, g.K)
     with torch.no_grad():
         head.weight.normal_(0, 2)
+    numbers = NumberHead(g, 6)
+    with_numbers = LatentLogitHead(6, g.n_groups, g.K, numbers=numbers)
+    with torch.no_grad():
+        numbers.proj.weight.normal_(0, 2)
     z = torch.randn(5, 6)
-    for h in (None, head):
+    for h in (None, head, with_numbers):
         model = RowModel(tiny_decoder, inj, g, h)
         assert model.generate(z, temperature=0) == generate_reference(model, z, temperature=0)
 
