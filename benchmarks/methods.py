@@ -16,6 +16,8 @@ def _difflm(train: pd.DataFrame, budget_s: float, seed: int, **kw):
         out = s.sample(n)
         return out, s.last_sample_stats_["first_try_valid_share"]
 
+    vae = s.history_["vae"]
+    sample.info = {"vae_steps": vae[-1]["step"] if vae else 0, "vae_stop": s.history_["stopped"].get("vae")}
     return sample
 
 

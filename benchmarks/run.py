@@ -46,7 +46,7 @@ def _worker(method, train, n, budget_s, seed, epochs, q, save_path=None):
         sample_s = time.monotonic() - t
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         q.put({"ok": True, "synthetic": syn, "fit_seconds": fit_s, "sample_seconds": sample_s,
-               "first_try_valid_share": first_try, "peak_rss_mb": peak})
+               "first_try_valid_share": first_try, "peak_rss_mb": peak, "info": getattr(sampler, "info", None)})
     except BaseException as e:  # reported, not raised: the other methods still run
         q.put({"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
 

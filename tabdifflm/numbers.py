@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 N_KNOTS = 67  # 65 training quantiles and the range's two ends
+MAX_DIGITS = 15  # beyond, values in units are not exact float64 integers: such columns get no number head
 
 
 class Cells(NamedTuple):
@@ -54,11 +55,11 @@ class NumberHead(nn.Module):
         from .grammar.automata import NumericGrammar
 
         g = grammar.tables
-        cols = [i for i, a in enumerate(grammar.cols) if isinstance(a, NumericGrammar)]
-        if not cols:
-            raise ValueError("the number head needs at least one number column")
-        if any(grammar.cols[i].width is None for i in cols):
+        if any(isinstance(a, NumericGrammar) and a.width is None for a in grammar.cols):
             raise ValueError("the number head needs number_format='fixed' (magnitude-first digits)")
+        cols = self.columns_of(grammar)
+        if not cols:
+            raise ValueError(f"the number head needs a number column of at most {MAX_DIGITS} digits")
         self.columns = cols
         self.components = M = components
         C = len(cols)
@@ -89,6 +90,14 @@ class NumberHead(nn.Module):
             b[:, 0] = 0.0
             b[:, 1] = torch.linspace(-0.75, 0.75, M)
             b[:, 2] = -1.0
+
+    @staticmethod
+    def columns_of(grammar) -> list[int]:
+        """The schema columns a number head models: number columns of at most ``MAX_DIGITS`` digits."""
+        from .grammar.automata import NumericGrammar
+
+        return [i for i, a in enumerate(grammar.cols) if isinstance(a, NumericGrammar) and a.width is not None
+                and max(a.width.values()) + a.decimals <= MAX_DIGITS]
 
     @property
     def n_params(self) -> int:
@@ -206,4 +215,4 @@ class NumberHead(nn.Module):
         j = torch.searchsorted(kn, y.contiguous()).clamp(1, kn.shape[1] - 1)
         x0, x1 = kn.gather(1, j - 1), kn.gather(1, j)
         l0, l1 = lv.gather(1, j - 1), lv.gather(1, j)
-        return l0 + ((y - x0) / (x1 - x0)).clamp(0, 1) * (l1 - l0)
+        return l0 + ((y - x0) / (x1 - x0).clamp(min=1e-9)).clamp(0, 1) * (l1 - l0)

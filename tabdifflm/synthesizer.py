@@ -402,8 +402,7 @@ class DiffLMSynthesizer(BaseEstimator):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 1)
                 numbers = None
-                if self.number_head and self._number_format() == "fixed" and any(
-                        c.kind == "numeric" for c in schema.columns):
+                if self.number_head and self._number_format() == "fixed" and NumberHead.columns_of(self._grammar):
                     numbers = NumberHead(self._grammar, self.latent_head_hidden or self.latent_dim, self.number_head)
                 head = LatentLogitHead(self.latent_dim, self._grammar.n_groups, self._grammar.K,
                                        hidden=self.latent_head_hidden, context=self.latent_head_context,

@@ -139,3 +139,14 @@ def test_fit_uses_the_number_head_and_round_trips(tiny_kwargs, mixed_df, tmp_pat
     assert off.latent_head_.numbers is None
     with pytest.raises(ValueError, match="number_format='fixed'"):
         NumberHead(RowGrammar(RowFormat("values", s.schema_, "plain"), s._dec_tok), 4)
+
+
+def test_columns_beyond_float64_integers_get_no_number_head(smol_tokenizer):
+    """Values past 2**53 units cannot be told apart in float64: such a column is left to the other heads."""
+    df = pd.DataFrame({"big": np.array([2 ** 60 + 7 * i for i in range(20)], dtype="int64"),
+                       "small": np.arange(20), "c": ["a", "b"] * 10})
+    g = RowGrammar(RowFormat("values", infer_schema(df), "fixed"), smol_tokenizer)
+    assert NumberHead.columns_of(g) == [1]
+    only_big = RowGrammar(RowFormat("values", infer_schema(df[["big", "c"]]), "fixed"), smol_tokenizer)
+    with pytest.raises(ValueError, match="at most 15 digits"):
+        NumberHead(only_big, 4)
