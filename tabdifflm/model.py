@@ -5,7 +5,8 @@ Training (teacher-forced NLL of every grammar choice) and sampling (``generate``
 :meth:`RowModel.logits`, so the model samples exactly the distribution it was trained on. Logits are
 computed for the grammar's sub-vocabulary only (``head.weight[vocab]``: a few hundred of the decoder's
 ~49k tokens), masked by the compiled grammar's tables, and optionally shifted by the latent logit head
-(a direct path from the latent to every (column, position) choice; see docs/design.md).
+(a direct path from the latent to every (column, position) choice, with its number head for the digits of
+number columns; see docs/design.md).
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ class LatentLogitHead(nn.Module):
     ``forward`` returns the latent's part once per row as one tensor, "the table": every group's logits
     [B, G * K], or with context the linear logits and the hidden layer's input [B, G * K + H] (the rest
     depends on the token before); :meth:`choice_logits` turns it into the logits of single choices.
+    With ``numbers`` (a :class:`~tabdifflm.numbers.NumberHead`, reading the hidden layer) the table ends
+    with each number column's mixture parameters, and the digit logits they imply are added to the choices
+    inside numbers.
     """
 
     def __init__(self, latent_dim: int, n_groups: int, n_tokens: int, hidden: int = 0, context: bool = False,
