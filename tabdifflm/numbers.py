@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-N_KNOTS = 67  # 65 training quantiles and the range's two ends
+from .features import N_QUANTILES
+
+N_KNOTS = N_QUANTILES + 2  # the row features' training quantiles and the range's two ends
 MAX_DIGITS = 15  # beyond, values in units are not exact float64 integers: such columns get no number head
 
 
@@ -68,15 +70,19 @@ class NumberHead(nn.Module):
         first = grammar.cols[cols[0]]
         digit_of = {t: d for d, t in enumerate(first.digits)}
         vocab = g.vocab.tolist()
-        self.register_buffer("index", index)  # schema column -> number column, -1 for others
-        self.register_buffer("digit", torch.tensor([digit_of.get(t, -1) for t in vocab]))  # [K]
-        self.register_buffer("minus", torch.tensor([t == first.tok["-"] for t in vocab]))  # [K]
-        # digits a value has, per sign [C, 2]; the smallest value in units [C]
-        self.register_buffer("width", torch.tensor([[grammar.cols[i].width[s] + grammar.cols[i].decimals
-                                                     for s in (False, True)] for i in cols]))
-        self.register_buffer("decimals", torch.tensor([grammar.cols[i].decimals for i in cols]))
-        self.register_buffer("low", torch.tensor([float(grammar.cols[i].unit_range[0]) for i in cols],
-                                                 dtype=torch.float64))
+        digit = torch.tensor([digit_of.get(t, -1) for t in vocab])  # [K]
+        minus = torch.tensor([t == first.tok["-"] for t in vocab])  # [K]
+        # read off the grammar (again at load), so not saved: only the spreading map is learnt from data
+        derived = {"index": index,  # schema column -> number column, -1 for others
+                   "digit": digit, "minus": minus,
+                   "cand": ((digit >= 0) | minus).nonzero().squeeze(1),  # [V] the tokens that leave an interval
+                   # digits a value has, per sign [C, 2]; the smallest value in units [C]
+                   "width": torch.tensor([[grammar.cols[i].width[s] + grammar.cols[i].decimals
+                                           for s in (False, True)] for i in cols]),
+                   "low": torch.tensor([float(grammar.cols[i].unit_range[0]) for i in cols], dtype=torch.float64)}
+        for name, t in derived.items():
+            self.register_buffer(name, t, persistent=False)
+        self.decimals = [grammar.cols[i].decimals for i in cols]
         knots = torch.zeros(C, N_KNOTS, dtype=torch.float64)
         for c, i in enumerate(cols):
             lo, hi = grammar.cols[i].unit_range
@@ -113,10 +119,10 @@ class NumberHead(nn.Module):
             if v.size == 0:
                 continue
             lo, hi = float(self.knots[c, 0]), float(self.knots[c, -1])
-            scale = 10.0 ** int(self.decimals[c])
-            q = np.quantile(np.round(v * scale), np.linspace(0, 1, N_KNOTS - 2))
+            levels = np.linspace(0, 1, N_QUANTILES)
+            q = np.quantile(np.round(v * 10.0 ** self.decimals[c]), levels)
             u, inv = np.unique(q, return_inverse=True)  # tied quantiles (a frequent value) share one knot
-            lev = np.array([np.linspace(0, 1, N_KNOTS - 2)[inv == j].mean() for j in range(len(u))])
+            lev = np.bincount(inv, weights=levels) / np.bincount(inv)  # at their mean level
             xs = np.concatenate([[lo], u, [hi]])
             ls = np.concatenate([[0.0], lev, [1.0]])
             keep = np.concatenate([[True], np.diff(xs) > 0])
@@ -174,25 +180,21 @@ class NumberHead(nn.Module):
         """Mixture parameters of each choice's row params [N, C * 3 * M] and where the choices are cells
         [N] -> additive logits [N, K]: log-probability of the interval each digit (or ``-``) leaves open;
         0 for other tokens and for choices outside number columns."""
+        # every choice is computed, those outside numbers as if in the first number column, then zeroed:
+        # selecting the number choices first would ask the host for their count at every sampled token
         N, K = len(params), len(self.digit)
-        out = torch.zeros(N, K, device=params.device)
-        sel = cells.k >= 0
-        if not bool(sel.any()):
-            return out
-        cand = ((self.digit >= 0) | self.minus).nonzero().squeeze(1)  # [V] digit and sign tokens
-        c = cells[sel]
         C, M = len(self.columns), self.components
-        par = params[sel].view(-1, C, 3 * M)[torch.arange(len(c.k), device=params.device), c.k]
-        lo, hi = self._intervals(c, cand)  # [n, V] each, in units
+        c = cells._replace(k=cells.k.clamp(min=0))
+        par = params.view(-1, C, 3 * M)[torch.arange(N, device=params.device), c.k]  # [N, 3M]
+        lo, hi = self._intervals(c, self.cand)  # [N, V] each, in units
         t0, t1 = self._spread(c.k, lo - 0.5), self._spread(c.k, hi + 0.5)
         w, mu, s = par.double().view(-1, 3, M).unbind(1)
-        scale = (F.softplus(s) + 1e-3)[:, None]  # [n, 1, M]
+        scale = (F.softplus(s) + 1e-3)[:, None]  # [N, 1, M]
         mass = (torch.sigmoid((t1[..., None] - mu[:, None]) / scale)
-                - torch.sigmoid((t0[..., None] - mu[:, None]) / scale))  # [n, V, M]
+                - torch.sigmoid((t0[..., None] - mu[:, None]) / scale))  # [N, V, M]
         lp = (mass.clamp(min=1e-30).log() + torch.log_softmax(w, -1)[:, None]).logsumexp(-1)
-        rows = out[sel]
-        rows[:, cand] = lp.float()
-        out[sel] = rows
+        out = torch.zeros(N, K, device=params.device)
+        out[:, self.cand] = torch.where((cells.k >= 0)[:, None], lp.float(), 0.0)
         return out
 
     def _intervals(self, c: Cells, cand: torch.Tensor):
