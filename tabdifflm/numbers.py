@@ -48,8 +48,9 @@ class NumberHead(nn.Module):
     logistics over each number column's spread value, and the digit logits it implies.
 
     ``grammar`` is the :class:`~tabdifflm.grammar.RowGrammar` of the rows (fixed-width numbers). Buffers
-    (saved with the model) hold the columns' digit widths, ranges and spreading map; :meth:`set_knots` sets
-    the map from training values, otherwise it is linear over each column's range.
+    hold the columns' digit widths and ranges (read off the grammar, not saved) and the spreading map
+    (saved with the model); :meth:`set_knots` sets the map from training values, otherwise it is linear
+    over each column's range.
     """
 
     def __init__(self, grammar, in_dim: int, components: int = 4):
