@@ -55,9 +55,14 @@ _PARTS = {"encoder": "encoder_", "injector": "injector_", "latent_head": "latent
           "adapter": "decoder_adapter_", "denoiser": "denoiser_"}
 
 
+# what the number head's first 0.11 files also saved; read off the grammar since, so never loaded
+_NO_LONGER_SAVED = {f"latent_head.numbers.{k}" for k in ("decimals", "digit", "index", "low", "minus", "width")}
+
+
 def _part(tensors: dict, prefix: str) -> dict:
     """The saved tensors under ``prefix.``, with the prefix taken off (a module's state dict)."""
-    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items()
+            if k.startswith(prefix + ".") and k not in _NO_LONGER_SAVED}
 
 
 def _get_decoder(decoder, dtype, device):

@@ -10,6 +10,7 @@ from tabdifflm import DiffLMSynthesizer
 from tabdifflm.grammar import RowGrammar
 from tabdifflm.model import LatentLogitHead
 from tabdifflm.numbers import NumberHead
+from tabdifflm.persistence import read_model_file, write_model_file
 from tabdifflm.schema import frame_rows, infer_schema
 from tabdifflm.serialization import RowFormat
 from tabdifflm.training import pad_batch
@@ -135,6 +136,13 @@ def test_fit_uses_the_number_head_and_round_trips(tiny_kwargs, mixed_df, tmp_pat
     back = DiffLMSynthesizer.load(tmp_path / "m.tdl")
     assert torch.equal(back.latent_head_.numbers.knots, numbers.knots)
     pd.testing.assert_frame_equal(s.sample(8, random_state=3), back.sample(8, random_state=3))
+    # the first 0.11 files also held what the grammar gives (digit tokens, widths...): they still load
+    tensors, meta = read_model_file(tmp_path / "m.tdl")
+    old = {**tensors, "latent_head.numbers.digit": torch.zeros(10, dtype=torch.long),
+           "latent_head.numbers.width": torch.ones(3)}
+    write_model_file(tmp_path / "old.tdl", old, meta)
+    pd.testing.assert_frame_equal(DiffLMSynthesizer.load(tmp_path / "old.tdl").sample(8, random_state=3),
+                                  back.sample(8, random_state=3))
     off = DiffLMSynthesizer(**{**tiny_kwargs, "number_head": 0}).fit(mixed_df)
     assert off.latent_head_.numbers is None
     with pytest.raises(ValueError, match="number_format='fixed'"):
