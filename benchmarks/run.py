@@ -215,6 +215,8 @@ def run_dataset(name, methods, profile, seed=0, merge=False, save_models=None):
         rec.update(status="ok", rows=len(syn), fit_seconds=res["fit_seconds"], sample_seconds=res["sample_seconds"],
                    rows_per_second=len(syn) / max(res["sample_seconds"], 1e-9), peak_rss_mb=res["peak_rss_mb"],
                    first_try_valid_share=res["first_try_valid_share"], valid_share=valid_share(syn, train))
+        if res.get("info"):  # what the method says about its fit (DiffLM: VAE steps and why they ended)
+            rec["info"] = res["info"]
         try:
             dists[method] = dcr_distances(syn, train, holdout)  # computed once: for the metric and the figure
             rec.update(score(syn, ds, train, holdout, cfg["mle_seeds"], distances=dists[method]))
