@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tabdifflm.numbers import Cells
-
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -81,7 +79,7 @@ def generate_reference(model, z, temperature=1.0, generator=None):
     table = model.latent_head(z) if model.latent_head is not None else None
     state, rows = [g.start] * B, [[] for _ in range(B)]
     numbers = model.numbers
-    columns = [[] for _ in range(B)]  # the schema column of each state a row passed, for the number head
+    cells = None if numbers is None else numbers.start(B, dev)  # where each row is in its number
     pad = g.lits[-1][-1]
     emb = dec.get_input_embeddings()
     for _ in range(g.max_tokens()):
@@ -89,6 +87,9 @@ def generate_reference(model, z, temperature=1.0, generator=None):
         live = [b for b in range(B) if state[b] != g.done]
         if not live:
             break
+        if numbers is not None:
+            cells = numbers.enter(cells, torch.tensor([_column(g, state[b]) if state[b] != g.done else -1
+                                                       for b in range(B)], device=dev))
         for b in live:
             if g.n_choices(state[b]) == 1:
                 nxt[b] = g.allowed(state[b])[0]
@@ -99,14 +100,8 @@ def generate_reference(model, z, temperature=1.0, generator=None):
             if table is not None:
                 grp = torch.tensor([g.group_of(state[b]) for b in choose])
                 prev = torch.tensor([local[rows[b][-1]] if rows[b] else len(vocab) for b in choose])
-                cells = None
-                if numbers is not None:  # where each row is in its number, from the row so far
-                    at = [numbers.cells(torch.tensor([columns[b] + [_column(g, state[b])]], device=dev),
-                                        torch.tensor([[local[t] for t in rows[b]] + [0]], device=dev))[0, -1]
-                          for b in choose]
-                    cells = Cells(*(torch.stack(f) for f in zip(*at)))
                 logits = logits + model.latent_head.choice_logits(table, idx.to(dev), grp.to(dev), prev.to(dev),
-                                                                  cells)
+                                                                  None if cells is None else cells[idx.to(dev)])
             mask = torch.zeros(len(choose), len(vocab), dtype=torch.bool)
             for r, b in enumerate(choose):
                 mask[r, [local[t] for t in g.allowed(state[b])]] = True
@@ -117,9 +112,10 @@ def generate_reference(model, z, temperature=1.0, generator=None):
                 pick = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator).squeeze(1)
             nxt[idx] = g.vocab[pick]
         for b in live:
-            columns[b].append(_column(g, state[b]))
             rows[b].append(int(nxt[b]))
             state[b] = g.next_state(state[b], int(nxt[b]))
+        if numbers is not None:
+            cells = numbers.advance(cells, torch.tensor([local[int(t)] for t in nxt], device=dev))
         x = emb(nxt.to(dev)[:, None]).float()
         if offset is not None:
             x = x + offset
