@@ -24,7 +24,7 @@ from .conditions import link_inequalities, parse_conditions, restrict, without_m
 from .constraints import Constraint, FixedCombinations, Inequality, Positive, broken_rows, check_constraints
 from .constraints import from_dict as constraint_from_dict
 from .decoder import DEFAULT_DECODER, DecoderAdapter, fingerprint, load_decoder, quiet_unless_verbose, resolve_dtype
-from .diffusion import MLPDenoiser, sample_heun
+from .diffusion import SIGMA_MIN, MLPDenoiser, calibrate_sigma_min, sample_heun
 from .dp import PrivacyLedger, default_delta
 from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
 from .features import RowFeaturizer
@@ -46,7 +46,7 @@ LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hi
                  "latent_head_context": False, "number_head": 0, "aux_weight": 0.0,
                  "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
                  "memorisation_gap": None, "diffusion_learning_rate": 1e-3,
-                 "privacy_sample": 0}
+                 "privacy_sample": 0, "diffusion_sigma_min": SIGMA_MIN}
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
 
@@ -208,6 +208,17 @@ class DiffLMSynthesizer(BaseEstimator):
         Heun sampling steps. diffusion_train_steps, diffusion_learning_rate : denoiser training steps and
         peak learning rate (cosine decay); 5,000 and 2e-3 since version 0.11 (before, 3,000 and 1e-3, which
         left the prior of the number head's sharper latents undertrained).
+    diffusion_sigma_min : "auto" or float
+        The noise level at which the prior's sampler stops and returns the denoiser's estimate. EDM's (the
+        paper's) 0.002 lets a denoiser that learnt its few thousand latents one by one carry every draw
+        onto a training row's latent; stopping at a larger sigma returns a weighted mean of the nearby
+        training latents instead. "auto" (default): at the end of fit, the smallest value of a grid
+        (0.002 to 2.0) at which 1,000 draws sit no nearer the training latents than the validation rows'
+        latents do (``history_["prior_calibration"]``, fitted value ``diffusion_sigma_min_``); 0.002 under
+        ``dp_epsilon`` or with fewer than 20 validation rows. A number fixes it, and can be set after fit
+        (``set_params``) without refitting: lower keeps the sharper prior (column shapes and pair trends
+        closer to the training rows), higher keeps the rows further from them. Measured in
+        docs/design.md ("Memorisation").
     temperature : float
         Decoder sampling temperature (0 = greedy).
     decoder_dtype : {"auto", "float32", "bfloat16", "float16"}
@@ -263,6 +274,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "prior": [StrOptions({"diffusion", "gaussian"})],
         "diffusion_steps": _pos_int, "diffusion_train_steps": _pos_int,
         "diffusion_learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "diffusion_sigma_min": [StrOptions({"auto"}), Interval(numbers.Real, 0, 80, closed="neither")],
         "temperature": [Interval(numbers.Real, 0, None, closed="left")],
         "decoder_dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
         "device": [str, torch.device],
@@ -282,8 +294,8 @@ class DiffLMSynthesizer(BaseEstimator):
                  privacy_sample=200, dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
                  decoder_adapter=None, lora_rank=8,
                  lora_alpha=16.0, batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
-                 diffusion_steps=50, diffusion_train_steps=5000, diffusion_learning_rate=2e-3, temperature=1.0,
-                 decoder_dtype="auto",
+                 diffusion_steps=50, diffusion_train_steps=5000, diffusion_learning_rate=2e-3,
+                 diffusion_sigma_min="auto", temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
                  constraints=None, metadata=None, n_jobs=None, random_state=None, verbose=True):
         self.encoder = encoder
@@ -322,6 +334,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.diffusion_steps = diffusion_steps
         self.diffusion_train_steps = diffusion_train_steps
         self.diffusion_learning_rate = diffusion_learning_rate
+        self.diffusion_sigma_min = diffusion_sigma_min
         self.temperature = temperature
         self.decoder_dtype = decoder_dtype
         self.device = device
@@ -356,9 +369,9 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.dp_epsilon is not None and parallel.launched():
             raise ValueError("dp_epsilon does not run under torchrun: fit with differential privacy in one process")
         for name in ("aux_weight", "max_beta", "max_time", "learning_rate", "diffusion_learning_rate", "temperature",
-                     "dp_epsilon", "dp_max_grad_norm"):
+                     "dp_epsilon", "dp_max_grad_norm", "diffusion_sigma_min"):
             v = getattr(self, name)
-            if v is not None and math.isinf(v):
+            if v is not None and not isinstance(v, str) and math.isinf(v):
                 raise ValueError(f"{name} must be finite, got {v!r}")
         if self.min_beta > self.max_beta:
             raise ValueError(f"need min_beta <= max_beta, got min_beta={self.min_beta}, max_beta={self.max_beta}")
@@ -571,6 +584,8 @@ class DiffLMSynthesizer(BaseEstimator):
         else:
             self.denoiser_ = None
             self.latent_cov_ = torch.cov(zn.T) + 1e-6 * torch.eye(zn.shape[1])
+        self.diffusion_sigma_min_, history["prior_calibration"] = self._calibrate_prior(
+            encoder, data, zn, val_idx, seed, deadline=t_start + 0.98 * budget - check_s, private=ledger is not None)
         self.encoder_ = encoder
         self.injector_ = injector
         self.latent_head_ = head
@@ -586,6 +601,27 @@ class DiffLMSynthesizer(BaseEstimator):
         self._sample_gen = torch.Generator().manual_seed(seed + 1)
         self._ledger = ledger
         return train_idx, val_idx
+
+    def _calibrate_prior(self, encoder, data: VAEData, zn: torch.Tensor, val_idx, seed: int, deadline: float,
+                         private: bool) -> tuple:
+        """The sampler's last noise level for ``diffusion_sigma_min="auto"`` -> (sigma or None, record).
+
+        zn [N, D]: the training latents the prior learnt, in its units. The validation rows' latents are
+        the unseen rows that draws are compared with (:func:`calibrate_sigma_min`)."""
+        if self.denoiser_ is None:
+            return None, {"why": "prior='gaussian' has no sampler to stop"}
+        if private:  # the distances read the training latents outside the DP accounting
+            return SIGMA_MIN, {"sigma_min": SIGMA_MIN, "why": "dp_epsilon: not calibrated on the rows"}
+        if len(val_idx) < MIN_PROBE_ROWS:
+            return SIGMA_MIN, {"sigma_min": SIGMA_MIN, "why": f"{len(val_idx)} validation rows, fewer than "
+                                                              f"{MIN_PROBE_ROWS}: too few to compare with"}
+        z_val = (self._encode_means(encoder, data, val_idx.tolist()) - self.latent_mean_) / 2
+        sigma, tried = calibrate_sigma_min(self.denoiser_, zn, z_val, steps=self.diffusion_steps, seed=seed + 6,
+                                           deadline=deadline)
+        share = tried[-1]["closer_than_unseen"]
+        why = ("the draws sit no nearer the training latents than the validation rows' latents"
+               if share <= 0.5 else f"the grid's end, or the time budget, came first (share {share})")
+        return sigma, {"sigma_min": sigma, "validation_rows": len(val_idx), "tried": tried, "why": why}
 
     @staticmethod
     def _check_preparation(t_start: float, budget: float, done: int, n: int) -> None:
@@ -615,8 +651,9 @@ class DiffLMSynthesizer(BaseEstimator):
         """Draw n latents from the fitted prior. Returns [n, latent_dim] (VAE latent scale)."""
         check_is_fitted(self)
         if self.denoiser_ is not None:
+            sigma = self.diffusion_sigma_min_ if self.diffusion_sigma_min == "auto" else self.diffusion_sigma_min
             zn = sample_heun(self.denoiser_, n, self.latent_mean_.shape[0], steps=self.diffusion_steps,
-                             generator=generator)
+                             sigma_min=float(sigma), generator=generator)
         else:
             L = torch.linalg.cholesky(self.latent_cov_)
             zn = torch.randn(n, L.shape[0], generator=generator) @ L.T
@@ -1115,6 +1152,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 "featurizer": self.featurizer_.to_dict() if self.featurizer_ is not None else None,
                 "seed": self.seed_, "feature_names": [str(c) for c in self.feature_names_in_],
                 "fit_seconds": self.fit_seconds_, "privacy_report": self.privacy_report_,
+                "diffusion_sigma_min": self.diffusion_sigma_min_,
                 "combinations": [[[v.item() if hasattr(v, "item") else v for v in t] for t in sorted(c.allowed, key=repr)]
                                  if isinstance(c, FixedCombinations) else None
                                  for c in rules if c.to_dict() is not None]}
@@ -1195,6 +1233,8 @@ class DiffLMSynthesizer(BaseEstimator):
         est.feature_names_in_ = np.asarray(est.layout_.all_columns, dtype=object)
         est.fit_seconds_ = meta.get("fit_seconds")
         est.privacy_report_ = meta.get("privacy_report")  # None in files from before version 0.7
+        # files from before version 0.12 sampled down to EDM's sigma
+        est.diffusion_sigma_min_ = meta.get("diffusion_sigma_min", None if est.denoiser_ is None else SIGMA_MIN)
         est.constraints_ = []
         for c, allowed in zip(est.constraints or [], meta.get("combinations") or []):
             c = copy.deepcopy(c)

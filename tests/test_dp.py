@@ -86,6 +86,7 @@ def test_dp_fit_reports_the_epsilon_it_spent_and_trains_every_row(private):
     assert rep["stages"]["diffusion"]["planned_steps"] == 2  # a tenth of diffusion_train_steps
     assert "val_nll" not in s.history_["vae"][-1]  # no validation slice under DP
     assert torch.equal(s.latent_mean_, torch.zeros_like(s.latent_mean_))
+    assert s.diffusion_sigma_min_ == 0.002 and "dp_epsilon" in s.history_["prior_calibration"]["why"]
     out = s.sample(12)
     assert len(out) == 12 and list(out.columns) == ["a", "b", "x"]
 

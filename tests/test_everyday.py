@@ -49,6 +49,9 @@ def test_sampling_builds_no_autograd_graph(tiny_kwargs, mixed_df):
     ({"max_time": math.inf}, "max_time"),
     ({"validation_size": 0.7}, "validation_size"),
     ({"device": "gpu0"}, "device"),
+    ({"diffusion_sigma_min": "high"}, "diffusion_sigma_min"),
+    ({"diffusion_sigma_min": 0}, "diffusion_sigma_min"),
+    ({"diffusion_sigma_min": math.nan}, "diffusion_sigma_min"),
 ])
 def test_every_parameter_is_checked_and_the_error_names_it(kwargs, names, mixed_df):
     with pytest.raises(ValueError, match=names):

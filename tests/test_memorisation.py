@@ -59,9 +59,37 @@ def test_privacy_report_flags_copied_rows_and_clears_unseen_ones(fitted, monkeyp
     assert unseen["closer_than_unseen"] == 0.5 and unseen["exact_copies"] == 0
 
 
-def test_privacy_sample_zero_skips_the_report(tiny_kwargs):
-    s = DiffLMSynthesizer(**{**tiny_kwargs, "privacy_sample": 0, "max_epochs": 1}).fit(_rows(60))
+def test_the_fit_chooses_where_the_prior_sampler_stops_and_sampling_uses_it(fitted, tmp_path, monkeypatch):
+    """diffusion_sigma_min="auto": the fit compares prior draws with the 24 validation rows' latents and keeps
+    a sigma of the grid (history_ says which it tried); sample_latents stops there, a number set after fit
+    overrides it without refitting, and the choice survives save and load."""
+    from tabdifflm import diffusion, synthesizer
+
+    rec = fitted.history_["prior_calibration"]
+    assert rec["validation_rows"] == 24 and rec["sigma_min"] == fitted.diffusion_sigma_min_
+    assert fitted.diffusion_sigma_min_ in diffusion.SIGMA_MIN_GRID
+    tried = [t["sigma_min"] for t in rec["tried"]]
+    assert tried == list(diffusion.SIGMA_MIN_GRID[:len(tried)]) and tried[-1] == fitted.diffusion_sigma_min_
+    assert all(t["closer_than_unseen"] > 0.5 for t in rec["tried"][:-1])
+    seen = []
+    real = synthesizer.sample_heun
+    monkeypatch.setattr(synthesizer, "sample_heun", lambda *a, **kw: seen.append(kw["sigma_min"]) or real(*a, **kw))
+    fitted.sample_latents(4)
+    fitted.set_params(diffusion_sigma_min=0.75)
+    fitted.sample_latents(4)
+    fitted.set_params(diffusion_sigma_min="auto")
+    assert seen == [fitted.diffusion_sigma_min_, 0.75]
+    fitted.save(tmp_path / "m.tdl")
+    loaded = DiffLMSynthesizer.load(tmp_path / "m.tdl")
+    assert loaded.diffusion_sigma_min_ == fitted.diffusion_sigma_min_ and loaded.diffusion_sigma_min == "auto"
+
+
+def test_privacy_sample_zero_skips_the_report_and_too_few_rows_keep_edms_sigma_min(tiny_kwargs):
+    from tabdifflm.diffusion import SIGMA_MIN
+
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "privacy_sample": 0, "max_epochs": 1}).fit(_rows(60))  # 6 validation rows
     assert s.privacy_report_ is None
+    assert s.diffusion_sigma_min_ == SIGMA_MIN and "fewer than 20" in s.history_["prior_calibration"]["why"]
 
 
 def _scripted_vae(monkeypatch, gaps):
