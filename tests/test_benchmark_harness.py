@@ -61,4 +61,7 @@ def test_privacy_benchmark_pools_attack_seeds():
     assert out["linkability"] == pytest.approx({"risk": 0.05, "min": 0.0, "max": 0.1, "above_zero": 1, "runs": 3})
     assert out["inference"] == {"error": "no secret"}
     table = markdown({"secret": "income", "rows": {"m": {**out, "dcr_share": 0.5, "exact_copies": 0}}})
-    assert "| m | 0.000 (0.000-0.000; 0/3) | 0.050 (0.000-0.100; 1/3) | n/a | 50.0 % | 0 |" in table
+    assert "| m | 0.000 (0.000-0.000; 0/3) | 0.050 (0.000-0.100; 1/3) | n/a | 50.0 % | 0 | | |" in table
+    scored = {**out, "dcr_share": 0.5, "exact_copies": 0, "mle": 0.8712, "shapes_error": 3.1, "trends_error": 6.25}
+    table = markdown({"secret": "income", "rows": {"m": scored}})
+    assert "| n/a | 50.0 % | 0 | 0.871 | 3.10 / 6.25 |" in table
