@@ -119,6 +119,11 @@ def cmd_sample(a) -> None:
         s.set_params(verbose=False)
     if a.temperature is not None:
         s.set_params(temperature=a.temperature)
+    if a.sigma_min is not None:
+        try:
+            s.set_params(diffusion_sigma_min=a.sigma_min if a.sigma_min == "auto" else float(a.sigma_min))
+        except ValueError:
+            raise CLIError(f"--sigma-min must be 'auto' or a number, got {a.sigma_min!r}") from None
     df = s.sample(a.n, random_state=a.seed)
     write_table(df, a.output)
     if a.output != "-":
@@ -166,6 +171,7 @@ def cmd_info(a) -> None:
             "vae_steps": vae[-1].get("step"),
             "best_validation_nll": min((r["val_nll"] for r in vae if "val_nll" in r), default=None),
             "stopped": meta.get("history", {}).get("stopped"), "privacy_report": meta.get("privacy_report"),
+            "diffusion_sigma_min": meta.get("diffusion_sigma_min"),
             "params": meta["params"]}
     print(json.dumps(info, indent=1, default=str))
 
@@ -202,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="output table (.csv, .csv.gz, .parquet, or - for stdout)")
     s.add_argument("--seed", type=int, default=None, help="random_state of this draw")
     s.add_argument("--temperature", type=float, help="decoder temperature (0 = greedy)")
+    s.add_argument("--sigma-min", metavar="SIGMA", help="where the prior's sampler stops: 'auto' (the level the "
+                   "fit chose, default) or a number; 0.002 gives the sharper rows that sit nearer the training rows")
     s.add_argument("--decoder", help="where the decoder lives now, if it moved")
     s.add_argument("--encoder", help="where the encoder lives now, if it moved")
     s.add_argument("--device", help="cpu, cuda, ...")

@@ -216,8 +216,9 @@ class DiffLMSynthesizer(BaseEstimator):
         (0.002 to 2.0) at which 1,000 draws sit no nearer the training latents than the validation rows'
         latents do (``history_["prior_calibration"]``, fitted value ``diffusion_sigma_min_``); 0.002 under
         ``dp_epsilon`` or with fewer than 20 validation rows. A number fixes it, and can be set after fit
-        (``set_params``) without refitting: lower keeps the sharper prior (column shapes and pair trends
-        closer to the training rows), higher keeps the rows further from them. Measured in
+        (``set_params``, or ``tabdifflm sample --sigma-min``) without refitting: lower keeps the sharper
+        prior (column shapes and pair trends closer to the training rows), higher keeps the rows further
+        from them. Every fit calibrates, whatever the value, so "auto" can also be set later. Measured in
         docs/design.md ("Memorisation").
     temperature : float
         Decoder sampling temperature (0 = greedy).

@@ -46,6 +46,7 @@ def test_fit_sample_evaluate_info(adult_csv, tiny_args, adult_small, capsys):
     assert info["params"]["latent_dim"] == 8 and info["vae_steps"] >= 1
     assert info["stopped"]["vae"] in {"max_epochs", "time budget", "memorisation"}
     assert info["privacy_report"]["rows"] >= 1
+    assert info["diffusion_sigma_min"] == 0.002  # 6 validation rows: too few to calibrate on
 
 
 def test_sample_to_stdout_is_csv(adult_csv, tiny_args, capsys):
@@ -55,6 +56,12 @@ def test_sample_to_stdout_is_csv(adult_csv, tiny_args, capsys):
     assert main(["sample", str(model), "-n", "4", "-o", "-", "-q"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5  # header + 4 rows
+    assert main(["sample", str(model), "-n", "4", "-o", "-", "-q", "--sigma-min", "1.0", "--seed", "3"]) == 0
+    stopped = capsys.readouterr().out
+    assert main(["sample", str(model), "-n", "4", "-o", "-", "-q", "--sigma-min", "0.002", "--seed", "3"]) == 0
+    assert capsys.readouterr().out != stopped  # other latents, other rows
+    assert main(["sample", str(model), "-n", "4", "-o", "-", "--sigma-min", "low"]) == 1
+    assert "--sigma-min must be 'auto' or a number, got 'low'" in capsys.readouterr().err
 
 
 def test_fit_takes_sdv_metadata_json(adult_csv, tiny_args, adult_small, capsys):
