@@ -17,7 +17,8 @@ def _difflm(train: pd.DataFrame, budget_s: float, seed: int, **kw):
         return out, s.last_sample_stats_["first_try_valid_share"]
 
     vae = s.history_["vae"]
-    sample.info = {"vae_steps": vae[-1]["step"] if vae else 0, "vae_stop": s.history_["stopped"].get("vae")}
+    sample.info = {"vae_steps": vae[-1]["step"] if vae else 0, "vae_stop": s.history_["stopped"].get("vae"),
+                   "sigma_min": s.diffusion_sigma_min_}
     return sample
 
 

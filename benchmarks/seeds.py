@@ -23,17 +23,18 @@ from .run import PROFILES, RESULTS, run_method, score, split
 def markdown(dataset: str, runs: list, metric: str) -> str:
     lines = [f"### {dataset}: DiffLM's defaults refitted with several seeds (quick profile rows; MLE {metric}, "
              "mean ± std over 3 classifier seeds)", "",
-             "| fit seed | version | fit s | VAE steps (why it stopped) | MLE | shapes err % | trends err % | "
-             "DCR closer to train | exact copies |", "|---|---|---|---|---|---|---|---|---|"]
+             "| fit seed | version | fit s | VAE steps (why it stopped) | sampler stops at | MLE | shapes err % | "
+             "trends err % | DCR closer to train | exact copies |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["version"], r["seed"])):
+        sigma = "" if r.get("sigma_min") is None else f"{r['sigma_min']:g}"  # not recorded before 0.12's first runs
         lines.append(f"| {r['seed']} | {r['version']} | {r['fit_seconds']:.0f} | {r['vae_steps']} ({r['vae_stop']}) | "
-                     f"{r['mle']['mean']:.3f} ± {r['mle']['std']:.3f} | {r['fidelity']['column_shapes_error']:.2f} | "
+                     f"{sigma} | {r['mle']['mean']:.3f} ± {r['mle']['std']:.3f} | {r['fidelity']['column_shapes_error']:.2f} | "
                      f"{r['fidelity']['column_pair_trends_error']:.2f} | "
                      f"{r['dcr']['share_closer_to_train'] * 100:.1f} % | {r['dcr']['exact_copies']} |")
     for version in sorted({r["version"] for r in runs}):
         rs = [r for r in runs if r["version"] == version]
         mean = lambda f: float(np.mean([f(r) for r in rs]))  # noqa: E731
-        lines.append(f"| mean of {len(rs)} | {version} | | | **{mean(lambda r: r['mle']['mean']):.3f}** | "
+        lines.append(f"| mean of {len(rs)} | {version} | | | | **{mean(lambda r: r['mle']['mean']):.3f}** | "
                      f"{mean(lambda r: r['fidelity']['column_shapes_error']):.2f} | "
                      f"{mean(lambda r: r['fidelity']['column_pair_trends_error']):.2f} | "
                      f"{mean(lambda r: r['dcr']['share_closer_to_train']) * 100:.1f} % | |")
