@@ -370,9 +370,9 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.dp_epsilon is not None and parallel.launched():
             raise ValueError("dp_epsilon does not run under torchrun: fit with differential privacy in one process")
         for name in ("aux_weight", "max_beta", "max_time", "learning_rate", "diffusion_learning_rate", "temperature",
-                     "dp_epsilon", "dp_max_grad_norm", "diffusion_sigma_min"):
+                     "dp_epsilon", "dp_max_grad_norm"):
             v = getattr(self, name)
-            if v is not None and not isinstance(v, str) and math.isinf(v):
+            if v is not None and math.isinf(v):
                 raise ValueError(f"{name} must be finite, got {v!r}")
         if self.min_beta > self.max_beta:
             raise ValueError(f"need min_beta <= max_beta, got min_beta={self.min_beta}, max_beta={self.max_beta}")
