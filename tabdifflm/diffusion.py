@@ -93,8 +93,8 @@ def closer_share(d_new: torch.Tensor, d_unseen: torch.Tensor) -> float:
     u = d_unseen.sort().values
     below = torch.searchsorted(u, d_new, right=False)  # unseen distances < d
     upto = torch.searchsorted(u, d_new, right=True)  # unseen distances <= d
-    # P(d_new < d_unseen) + P(tie) / 2, over all (new, unseen) pairs
-    return float(((len(u) - upto) + 0.5 * (upto - below)).sum() / (len(u) * len(d_new)))
+    # P(d_new < d_unseen) + P(tie) / 2 over all (new, unseen) pairs, counted in integers (exact)
+    return (2 * (len(u) - upto) + (upto - below)).sum().item() / (2 * len(u) * len(d_new))
 
 
 @torch.no_grad()

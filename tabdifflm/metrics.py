@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .diffusion import closer_share
 from .schema import infer_schema
 
 # TabSyn's XGBoost grid: 3 x 2 x 3 x 2 = 36 configurations.
@@ -216,8 +217,8 @@ def closer_than_unseen(d_new: np.ndarray, d_unseen: np.ndarray, seed: int = 0, r
     """
     d_new, d_unseen = np.asarray(d_new, dtype=float), np.asarray(d_unseen, dtype=float)
 
-    def share(a, b):
-        return float((a[:, None] < b[None, :]).mean() + 0.5 * (a[:, None] == b[None, :]).mean())
+    def share(a, b):  # the statistic the prior's calibration also uses, on latents
+        return closer_share(torch.from_numpy(a), torch.from_numpy(b))
 
     rng = np.random.default_rng(seed)
     boot = [share(rng.choice(d_new, len(d_new)), rng.choice(d_unseen, len(d_unseen))) for _ in range(resamples)]
