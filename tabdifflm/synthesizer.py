@@ -214,7 +214,7 @@ class DiffLMSynthesizer(BaseEstimator):
         onto a training row's latent; stopping at a larger sigma returns a weighted mean of the nearby
         training latents instead. "auto" (default): at the end of fit, the smallest value of a grid
         (0.002 to 2.0) at which 1,000 draws sit no nearer the training latents than the validation rows'
-        latents do (``history_["prior_calibration"]``, fitted value ``diffusion_sigma_min_``); 0.002 under
+        latents do, with 95 % confidence (``history_["prior_calibration"]``, fitted value ``diffusion_sigma_min_``); 0.002 under
         ``dp_epsilon`` or with fewer than 20 validation rows. A number fixes it, and can be set after fit
         (``set_params``, or ``tabdifflm sample --sigma-min``) without refitting: lower keeps the sharper
         prior (column shapes and pair trends closer to the training rows), higher keeps the rows further
@@ -619,9 +619,11 @@ class DiffLMSynthesizer(BaseEstimator):
         z_val = (self._encode_means(encoder, data, val_idx.tolist()) - self.latent_mean_) / 2
         sigma, tried = calibrate_sigma_min(self.denoiser_, zn, z_val, steps=self.diffusion_steps, seed=seed + 6,
                                            deadline=deadline)
-        share = tried[-1]["closer_than_unseen"]
-        why = ("the draws sit no nearer the training latents than the validation rows' latents"
-               if share <= 0.5 else f"the grid's end, or the time budget, came first (share {share})")
+        last = tried[-1]
+        why = ("the draws sit no nearer the training latents than the validation rows' latents (95 % confidence)"
+               if last["upper_95"] <= 0.5 else
+               f"the grid's end, or the time budget, came first (share {last['closer_than_unseen']}, "
+               f"upper bound {last['upper_95']})")
         return sigma, {"sigma_min": sigma, "validation_rows": len(val_idx), "tried": tried, "why": why}
 
     @staticmethod

@@ -74,6 +74,24 @@ def test_closer_share_is_half_for_the_same_distances_and_one_for_copies():
     assert closer_share(d + 2, d) == 0.0
 
 
+def test_closer_shares_standard_error_matches_the_bootstrap_and_shrinks_with_the_samples():
+    """DeLong's standard error of the share agrees with a bootstrap's spread, halves with four times the
+    points, and is infinite where one sample has a single point."""
+    import numpy as np
+
+    from tabdifflm.diffusion import closer_share_se
+    from tabdifflm.metrics import closer_than_unseen
+
+    g = torch.Generator().manual_seed(0)
+    d_new, d_unseen = torch.rand(400, generator=g) * 1.1, torch.rand(200, generator=g)
+    se = closer_share_se(d_new, d_unseen)
+    _, (lo, hi) = closer_than_unseen(d_new.numpy(), d_unseen.numpy(), resamples=2000)
+    assert abs(se - (hi - lo) / 3.92) < 0.2 * se
+    big = closer_share_se(torch.rand(1600, generator=g) * 1.1, torch.rand(800, generator=g))
+    assert 0.4 * se < big < 0.6 * se
+    assert closer_share_se(d_new[:1], d_unseen) == np.inf
+
+
 def _manifold(n, seed=0):
     """n points on a random plane in 16 dimensions (latents of real rows lie near a low-dimensional set)."""
     g = torch.Generator().manual_seed(seed)
@@ -111,6 +129,22 @@ def test_calibration_keeps_the_first_sigma_whose_draws_are_as_new_as_unseen_poin
                                                  grid=(0.002, 0.1, 0.3, 0.7, 1.0))
     assert sigma == 0.7 and [t["closer_than_unseen"] for t in tried][:3] == [1.0, 1.0, 1.0]
     assert tried[-1]["closer_than_unseen"] <= 0.5 and len(tried) == 4
+
+
+def test_calibration_needs_the_share_below_half_with_confidence_not_on_the_point_estimate(monkeypatch):
+    """Draws at sigma 0.5 are exactly as far from the training points as the unseen points (share 0.5, which
+    a point estimate would accept); their upper 95 % bound is above 0.5, so the sampler goes on to 0.7,
+    where the draws sit further out than every unseen point."""
+    import tabdifflm.diffusion as diffusion
+
+    train = _manifold(200)
+    step = torch.nn.functional.normalize(torch.randn(200, 16, generator=torch.Generator().manual_seed(3)), dim=1)
+    unseen = train[:100] + 0.5 * step[:100]
+    monkeypatch.setattr(diffusion, "sample_heun", lambda net, n, dim, steps, sigma_min, generator:
+                        train[:n] + sigma_min * step[:n])
+    sigma, tried = diffusion.calibrate_sigma_min(_Memoriser(train), train, unseen, n=100, grid=(0.3, 0.5, 0.7))
+    assert tried[1]["closer_than_unseen"] == 0.5 and tried[1]["upper_95"] > 0.5
+    assert sigma == 0.7 and tried[2]["upper_95"] <= 0.5
 
 
 def test_a_prior_whose_draws_are_already_new_keeps_edms_sigma_min():

@@ -70,7 +70,7 @@ def test_the_fit_chooses_where_the_prior_sampler_stops_and_sampling_uses_it(fitt
     assert fitted.diffusion_sigma_min_ in diffusion.SIGMA_MIN_GRID
     tried = [t["sigma_min"] for t in rec["tried"]]
     assert tried == list(diffusion.SIGMA_MIN_GRID[:len(tried)]) and tried[-1] == fitted.diffusion_sigma_min_
-    assert all(t["closer_than_unseen"] > 0.5 for t in rec["tried"][:-1])
+    assert all(t["upper_95"] > 0.5 for t in rec["tried"][:-1])
     seen = []
     real = synthesizer.sample_heun
     monkeypatch.setattr(synthesizer, "sample_heun", lambda *a, **kw: seen.append(kw["sigma_min"]) or real(*a, **kw))
