@@ -18,7 +18,9 @@ def _difflm(train: pd.DataFrame, budget_s: float, seed: int, **kw):
 
     vae = s.history_["vae"]
     sample.info = {"vae_steps": vae[-1]["step"] if vae else 0, "vae_stop": s.history_["stopped"].get("vae"),
-                   "sigma_min": s.diffusion_sigma_min_}
+                   "sigma_min": s.diffusion_sigma_min_,
+                   # each level tried, with its share and bound, to read where the calibration stopped and why
+                   "prior_calibration": s.history_.get("prior_calibration", {}).get("tried")}
     return sample
 
 

@@ -213,7 +213,7 @@ class DiffLMSynthesizer(BaseEstimator):
         paper's) 0.002 lets a denoiser that learnt its few thousand latents one by one carry every draw
         onto a training row's latent; stopping at a larger sigma returns a weighted mean of the nearby
         training latents instead. "auto" (default): at the end of fit, the smallest value of a grid
-        (0.002 to 2.0) at which 1,000 draws sit no nearer the training latents than the validation rows'
+        (0.002 to 1.4) at which 1,000 draws sit no nearer the training latents than the validation rows'
         latents do, with 95 % confidence (``history_["prior_calibration"]``, fitted value ``diffusion_sigma_min_``); 0.002 under
         ``dp_epsilon`` or with fewer than 20 validation rows. A number fixes it, and can be set after fit
         (``set_params``, or ``tabdifflm sample --sigma-min``) without refitting: lower keeps the sharper
@@ -622,8 +622,8 @@ class DiffLMSynthesizer(BaseEstimator):
         last = tried[-1]
         why = ("the draws sit no nearer the training latents than the validation rows' latents (95 % confidence)"
                if last["upper_95"] <= 0.5 else
-               f"the grid's end, or the time budget, came first (share {last['closer_than_unseen']}, "
-               f"upper bound {last['upper_95']})")
+               f"the grid's end (stopping later costs more fidelity than it moves the rows), or the time budget, "
+               f"came first (share {last['closer_than_unseen']}, upper bound {last['upper_95']})")
         return sigma, {"sigma_min": sigma, "validation_rows": len(val_idx), "tried": tried, "why": why}
 
     @staticmethod
