@@ -214,12 +214,12 @@ class DiffLMSynthesizer(BaseEstimator):
         onto a training row's latent; stopping at a larger sigma returns a weighted mean of the nearby
         training latents instead. "auto" (default): at the end of fit, the smallest value of a grid
         (0.002 to 1.4) at which 1,000 draws sit no nearer the training latents than the validation rows'
-        latents do, with 95 % confidence (``history_["prior_calibration"]``, fitted value ``diffusion_sigma_min_``); 0.002 under
-        ``dp_epsilon`` or with fewer than 20 validation rows. A number fixes it, and can be set after fit
-        (``set_params``, or ``tabdifflm sample --sigma-min``) without refitting: lower keeps the sharper
-        prior (column shapes and pair trends closer to the training rows), higher keeps the rows further
-        from them. Every fit calibrates, whatever the value, so "auto" can also be set later. Measured in
-        docs/design.md ("Memorisation").
+        latents do, with 95 % confidence (``history_["prior_calibration"]``, fitted value
+        ``diffusion_sigma_min_``); 0.002 under ``dp_epsilon`` or with fewer than 20 validation rows. A number
+        fixes it, and can be set after fit (``set_params``, or ``tabdifflm sample --sigma-min``) without
+        refitting: lower keeps the sharper prior (column shapes and pair trends closer to the training
+        rows), higher keeps the rows further from them. Every fit calibrates, whatever the value, so "auto"
+        can also be set later. Measured in docs/design.md ("Memorisation").
     temperature : float
         Decoder sampling temperature (0 = greedy).
     decoder_dtype : {"auto", "float32", "bfloat16", "float16"}
