@@ -10,8 +10,8 @@ from torch import nn
 SIGMA_DATA = 0.5
 SIGMA_MIN = 0.002  # EDM's (and the paper's) last noise level
 # where the sampler may stop instead, in the prior's units (latents normalised as (mu - mean) / 2). It ends
-# at 1.4: on Adult fits that needed more, stopping at 2.0 cost up to 0.025 AUC and doubled the pair-trend
-# error while the rows' DCR share moved by 0-3 points (docs/design.md, "Version 0.13")
+# at 1.4: on two Adult fits that needed more, 2.0 instead of 1.4 cost 0.005-0.009 AUC and 5-6 points of
+# pair-trend error for 0.6-2.6 points of DCR share (docs/design.md, "Version 0.13")
 SIGMA_MIN_GRID = (SIGMA_MIN, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0, 1.2, 1.4)
 Z_ONE_SIDED_95 = 1.645  # the calibration's claim (draws no nearer than unseen ones) is one-sided
 
