@@ -172,6 +172,8 @@ def cmd_info(a) -> None:
             "best_validation_nll": min((r["val_nll"] for r in vae if "val_nll" in r), default=None),
             "stopped": meta.get("history", {}).get("stopped"), "privacy_report": meta.get("privacy_report"),
             "diffusion_sigma_min": meta.get("diffusion_sigma_min"),
+            # whether the draws met the calibration's bar, or why it stopped where it did
+            "diffusion_sigma_min_why": (meta.get("history", {}).get("prior_calibration") or {}).get("why"),
             "params": meta["params"]}
     print(json.dumps(info, indent=1, default=str))
 

@@ -47,6 +47,7 @@ def test_fit_sample_evaluate_info(adult_csv, tiny_args, adult_small, capsys):
     assert info["stopped"]["vae"] in {"max_epochs", "time budget", "memorisation"}
     assert info["privacy_report"]["rows"] >= 1
     assert info["diffusion_sigma_min"] == 0.002  # 6 validation rows: too few to calibrate on
+    assert info["diffusion_sigma_min_why"].startswith("6 validation rows, fewer than 20")
 
 
 def test_sample_to_stdout_is_csv(adult_csv, tiny_args, capsys):
