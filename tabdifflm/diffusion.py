@@ -90,14 +90,18 @@ def sample_heun(net, n: int, dim: int, steps: int = 50, sigma_min: float = 0.002
     return x
 
 
+def _half_counts_above(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per point of x, twice the number of ref values above it plus the number equal to it (ties count
+    half, kept in integers so sums are exact). x [n], ref [m] -> [n]."""
+    r = ref.sort().values
+    return 2 * len(r) - torch.searchsorted(r, x, right=True) - torch.searchsorted(r, x)
+
+
 def closer_share(d_new: torch.Tensor, d_unseen: torch.Tensor) -> float:
     """Chance that a new point's distance to its nearest training point is below an unseen point's (ties
     count half): 0.5 for draws as new as unseen data, about 1 for copies. d_new [n], d_unseen [m]."""
-    u = d_unseen.sort().values
-    below = torch.searchsorted(u, d_new, right=False)  # unseen distances < d
-    upto = torch.searchsorted(u, d_new, right=True)  # unseen distances <= d
-    # P(d_new < d_unseen) + P(tie) / 2 over all (new, unseen) pairs, counted in integers (exact)
-    return (2 * (len(u) - upto) + (upto - below)).sum().item() / (2 * len(u) * len(d_new))
+    # P(d_new < d_unseen) + P(tie) / 2 over all (new, unseen) pairs
+    return _half_counts_above(d_new, d_unseen).sum().item() / (2 * len(d_unseen) * len(d_new))
 
 
 def closer_share_se(d_new: torch.Tensor, d_unseen: torch.Tensor) -> float:
@@ -107,10 +111,9 @@ def closer_share_se(d_new: torch.Tensor, d_unseen: torch.Tensor) -> float:
     n, m = len(d_new), len(d_unseen)
     if n < 2 or m < 2:
         return math.inf
-    u, d = d_unseen.sort().values, d_new.sort().values
     # per new point: share of unseen distances above it; per unseen point: share of new distances below it
-    above = (2 * m - torch.searchsorted(u, d_new, right=True) - torch.searchsorted(u, d_new)).double() / (2 * m)
-    below = (torch.searchsorted(d, d_unseen) + torch.searchsorted(d, d_unseen, right=True)).double() / (2 * n)
+    above = _half_counts_above(d_new, d_unseen).double() / (2 * m)
+    below = 1 - _half_counts_above(d_unseen, d_new).double() / (2 * n)
     return math.sqrt(above.var().item() / n + below.var().item() / m)
 
 
