@@ -124,6 +124,8 @@ def cmd_sample(a) -> None:
             s.set_params(diffusion_sigma_min=a.sigma_min if a.sigma_min == "auto" else float(a.sigma_min))
         except ValueError:
             raise CLIError(f"--sigma-min must be 'auto' or a number, got {a.sigma_min!r}") from None
+    if s.choice_bias_ is not None and s._active_choice_bias() is None:  # the sampler was changed above
+        s.correct_marginals(s.marginal_rows or 1000, random_state=a.seed)
     df = s.sample(a.n, random_state=a.seed)
     write_table(df, a.output)
     if a.output != "-":
@@ -174,6 +176,8 @@ def cmd_info(a) -> None:
             "diffusion_sigma_min": meta.get("diffusion_sigma_min"),
             # whether the draws met the calibration's bar, or why it stopped where it did
             "diffusion_sigma_min_why": (meta.get("history", {}).get("prior_calibration") or {}).get("why"),
+            # the categorical columns' frequencies put back at that stopping point (rows, columns, shifts)
+            "marginal_correction": meta.get("history", {}).get("marginal_correction"),
             "params": meta["params"]}
     print(json.dumps(info, indent=1, default=str))
 
@@ -211,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="random_state of this draw")
     s.add_argument("--temperature", type=float, help="decoder temperature (0 = greedy)")
     s.add_argument("--sigma-min", metavar="SIGMA", help="where the prior's sampler stops: 'auto' (the level the "
-                   "fit chose, default) or a number; 0.002 gives the sharper rows that sit nearer the training rows")
+                   "fit chose, default) or a number; 0.002 gives the sharper rows that sit nearer the training rows. "
+                   "With this or --temperature, the categorical columns' correction is estimated again for the "
+                   "new setting (the model's marginal_rows rows, before the N asked for)")
     s.add_argument("--decoder", help="where the decoder lives now, if it moved")
     s.add_argument("--encoder", help="where the encoder lives now, if it moved")
     s.add_argument("--device", help="cpu, cuda, ...")

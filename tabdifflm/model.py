@@ -269,7 +269,8 @@ class RowModel(nn.Module):
 
     @torch.no_grad()  # sampling keeps no autograd graph: with one, every token's activations stay alive
     def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
-                 static_cache: bool = False, head_only: bool = False, fixed: torch.Tensor | None = None):
+                 static_cache: bool = False, head_only: bool = False, fixed: torch.Tensor | None = None,
+                 choice_bias: torch.Tensor | None = None, choice_stats: torch.Tensor | None = None):
         """Write one row per latent. z [B, D] -> list of B decoder-token lists (each a complete row).
 
         All rows advance in lockstep, one decoder call per token with the KV cache; grammar states step by
@@ -283,6 +284,9 @@ class RowModel(nn.Module):
         ``fixed`` [B, C, W] (sub-vocabulary ids, -1 = free) prescribes known values: where row b's entry for
         column c is set, the value's tokens and the separator after it are written instead of sampled, so
         the columns after it are written knowing it (imputation). Each must be a path the grammar allows.
+        ``choice_bias`` [G, K] (needs the latent head) is added to every row's logits of each (column,
+        position) group's choices (:mod:`tabdifflm.marginals`); ``choice_stats`` [G, K] (on the CPU), if
+        given, gets each choice's probabilities (at ``temperature``) added to its group's row, in place.
         """
         g, dec, inj = self.grammar, self.decoder, self.injector
         dev, dtype = self.device, dec.dtype
@@ -291,6 +295,10 @@ class RowModel(nn.Module):
         if head_only and self.latent_head is None:
             raise ValueError("head_only generation needs the latent logit head (latent_head=True)")
         table = None if self.latent_head is None else self.latent_head(z)  # the head's table, once per row
+        if choice_bias is not None:
+            if table is None:
+                raise ValueError("choice_bias needs the latent logit head (latent_head=True)")
+            table = table + F.pad(choice_bias.reshape(1, -1).to(table), (0, table.shape[1] - choice_bias.numel()))
         if not head_only:
             emb = dec.get_input_embeddings()
             prefix = inj.prefix_embeds(z).to(dtype)
@@ -329,6 +337,10 @@ class RowModel(nn.Module):
             else:  # inverse CDF: the first token whose cumulative probability reaches u
                 cdf = torch.softmax(logits / temperature, -1).cumsum(-1)  # [B, K]
                 pick = (cdf < (1 - u[t]) * cdf[:, -1:]).sum(-1)  # 1 - u is in (0, 1]: never a masked token
+            if choice_stats is not None:  # expected choices: the frequencies of the picks, with less noise
+                at = live & g.choice[st] & (g.group[st] >= 0)
+                probs = F.one_hot(pick, g.K).float() if temperature <= 0 else torch.softmax(logits / temperature, -1)
+                choice_stats.index_add_(0, g.group[st][at].cpu(), probs[at].float().cpu())
             forced = g.forced[state]
             tok = torch.where(forced >= 0, forced, pick)
             if fixed is not None:  # known values: their tokens, counted from the value's first

@@ -29,6 +29,7 @@ from .dp import PrivacyLedger, default_delta
 from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
 from .features import RowFeaturizer
 from .grammar import END, InvalidValue, RowGrammar
+from .marginals import choice_counts, marginal_bias
 from .injection import METHODS, Injector
 from .metadata import Layout, parse_metadata
 from .model import LatentLogitHead, RowModel, RowVAE
@@ -46,7 +47,8 @@ LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hi
                  "latent_head_context": False, "number_head": 0, "aux_weight": 0.0,
                  "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
                  "memorisation_gap": None, "diffusion_learning_rate": 1e-3,
-                 "privacy_sample": 0, "diffusion_sigma_min": SIGMA_MIN}
+                 "privacy_sample": 0, "diffusion_sigma_min": SIGMA_MIN, "marginal_rows": 0}
+MIN_CORRECTION_ROWS = 64  # a marginal correction round with fewer rows than this is not used
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
 
@@ -220,6 +222,15 @@ class DiffLMSynthesizer(BaseEstimator):
         refitting: lower keeps the sharper prior (column shapes and pair trends closer to the training
         rows), higher keeps the rows further from them. Every fit calibrates, whatever the value, so "auto"
         can also be set later. Measured in docs/design.md ("Memorisation").
+    marginal_rows : int
+        Rows the model writes at the end of fit to put the categorical columns' frequencies back (0: none).
+        A sampler stopped early (``diffusion_sigma_min``) draws latents between training rows, where the
+        decoder leans to each column's most common value; the fit compares how often its rows make each
+        categorical choice with how often the training rows do, and adds the log ratio to those choices'
+        logits whenever it samples at that stopping point (:mod:`tabdifflm.marginals`,
+        ``history_["marginal_correction"]``; :meth:`correct_marginals` re-estimates it, for instance after
+        ``set_params(diffusion_sigma_min=...)``). Needs ``latent_head=True``; not under ``dp_epsilon``,
+        whose accounting does not cover the training rows' frequencies.
     temperature : float
         Decoder sampling temperature (0 = greedy).
     decoder_dtype : {"auto", "float32", "bfloat16", "float16"}
@@ -276,6 +287,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "diffusion_steps": _pos_int, "diffusion_train_steps": _pos_int,
         "diffusion_learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "diffusion_sigma_min": [StrOptions({"auto"}), Interval(numbers.Real, 0, 80, closed="neither")],
+        "marginal_rows": [Interval(numbers.Integral, 0, None, closed="left")],
         "temperature": [Interval(numbers.Real, 0, None, closed="left")],
         "decoder_dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
         "device": [str, torch.device],
@@ -296,7 +308,7 @@ class DiffLMSynthesizer(BaseEstimator):
                  decoder_adapter=None, lora_rank=8,
                  lora_alpha=16.0, batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=5000, diffusion_learning_rate=2e-3,
-                 diffusion_sigma_min="auto", temperature=1.0, decoder_dtype="auto",
+                 diffusion_sigma_min="auto", marginal_rows=1000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
                  constraints=None, metadata=None, n_jobs=None, random_state=None, verbose=True):
         self.encoder = encoder
@@ -336,6 +348,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.diffusion_train_steps = diffusion_train_steps
         self.diffusion_learning_rate = diffusion_learning_rate
         self.diffusion_sigma_min = diffusion_sigma_min
+        self.marginal_rows = marginal_rows
         self.temperature = temperature
         self.decoder_dtype = decoder_dtype
         self.device = device
@@ -462,6 +475,12 @@ class DiffLMSynthesizer(BaseEstimator):
         self.n_features_in_ = len(user_columns)
         self.feature_names_in_ = np.asarray(user_columns, dtype=object)
         deadline = math.inf if self.max_time is None else t_start + float(self.max_time)
+        if self._ledger is not None:
+            self.history_["marginal_correction"] = {"why": "dp_epsilon: the training rows' frequencies are not "
+                                                           "covered by the accounting"}
+        elif self.marginal_rows:
+            report_s = 0.03 * float(self.max_time) if self.privacy_sample and self.max_time is not None else 0.0
+            self._correct_marginals(self.marginal_rows, torch.Generator().manual_seed(seed + 7), deadline - report_s)
         if self._ledger is not None:  # the guarantee is the report: no rows were held out to compare with
             self.privacy_report_ = {"differential_privacy": self._ledger.report()}
         else:
@@ -552,6 +571,9 @@ class DiffLMSynthesizer(BaseEstimator):
                 steps, step_s = self.diffusion_train_steps, time_diffusion_step(self.latent_dim, n)
             reserve = min(1.5 * steps * step_s, 0.4 * budget)
         check_s = 0.03 * budget if self.privacy_sample and n_val and math.isfinite(budget) else 0.0  # privacy_report_
+        cat_cols = [i for i, c in enumerate(schema.columns) if c.kind == "categorical"]
+        if self.marginal_rows and head is not None and cat_cols and not ledger and math.isfinite(budget):
+            check_s += 0.04 * budget  # the marginal correction's rows, written before the privacy report
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget - check_s
         history = {"vae": [], "diffusion": [], "stopped": {}}
         vae = RowVAE(encoder, RowModel(self._decoder, injector, grammar, head, adapter), column_loss=self.column_loss,
@@ -587,6 +609,11 @@ class DiffLMSynthesizer(BaseEstimator):
             self.latent_cov_ = torch.cov(zn.T) + 1e-6 * torch.eye(zn.shape[1])
         self.diffusion_sigma_min_, history["prior_calibration"] = self._calibrate_prior(
             encoder, data, zn, val_idx, seed, deadline=t_start + 0.98 * budget - check_s, private=ledger is not None)
+        # the training rows' categorical choices, counted once: the marginal correction's target (under DP
+        # the accounting does not cover them, so none are kept)
+        self.choice_counts_ = None if ledger or head is None else choice_counts(
+            grammar, [toks[i] for i in train_idx.tolist()], [states[i] for i in train_idx.tolist()], cat_cols)
+        self.choice_bias_, self.choice_bias_at_ = None, None
         self.encoder_ = encoder
         self.injector_ = injector
         self.latent_head_ = head
@@ -602,6 +629,99 @@ class DiffLMSynthesizer(BaseEstimator):
         self._sample_gen = torch.Generator().manual_seed(seed + 1)
         self._ledger = ledger
         return train_idx, val_idx
+
+    def _sampler_sigma(self) -> float | None:
+        """The noise level the prior's sampler stops at now (None for the Gaussian prior)."""
+        if self.denoiser_ is None:
+            return None
+        return float(self.diffusion_sigma_min_ if self.diffusion_sigma_min == "auto" else self.diffusion_sigma_min)
+
+    def _sampler_setting(self) -> dict:
+        """What the marginal correction depends on: where the prior's sampler stops, and the temperature."""
+        return {"sigma_min": self._sampler_sigma(), "temperature": float(self.temperature)}
+
+    def _active_choice_bias(self, warn: bool = False) -> torch.Tensor | None:
+        """The marginal correction, if it was estimated for the sampler as it stands now (None otherwise;
+        ``warn``: say so when one exists for another setting)."""
+        bias = getattr(self, "choice_bias_", None)
+        if bias is None:
+            return None
+        now, then = self._sampler_setting(), self.choice_bias_at_
+        if all(now[k] == then[k] or (now[k] is not None and then[k] is not None and math.isclose(now[k], then[k]))
+               for k in now):
+            return bias
+        if warn:
+            warnings.warn(f"the categorical columns' marginal correction was estimated for {then}, not {now}: "
+                          "sampling without it; call correct_marginals() to estimate one for this setting",
+                          UserWarning, stacklevel=4)
+        return None
+
+    @quiet_unless_verbose
+    def correct_marginals(self, n_rows: int = 1000, X=None, random_state=None) -> "DiffLMSynthesizer":
+        """Estimate the marginal correction (see ``marginal_rows``) for the sampler as it stands now.
+
+        The model writes ``n_rows`` rows in two rounds (the second with the first round's correction
+        applied) and compares each categorical choice's frequency with the training rows'. Sampling uses the
+        result while the sampler's stopping point stays where it was estimated; call this again after
+        ``set_params(diffusion_sigma_min=...)``. ``X``: rows to take the target frequencies from instead of
+        the training rows' counts stored at fit (needed for models saved before version 0.14). The same holds
+        for the temperature. Returns self;
+        ``history_["marginal_correction"]`` records what was done.
+        """
+        check_is_fitted(self)
+        if not isinstance(n_rows, numbers.Integral) or n_rows < 2:
+            raise ValueError(f"n_rows must be an integer of at least 2, got {n_rows!r}")
+        if X is not None:
+            cats = [i for i, c in enumerate(self.schema_.columns) if c.kind == "categorical"]
+            encoded = [self._grammar.encode(r) for r in self._rows_of(X)]
+            self.choice_counts_ = choice_counts(self._grammar, [t for t, _ in encoded], [q for _, q in encoded], cats)
+        elif getattr(self, "choice_counts_", None) is None:
+            raise ValueError("this model keeps no training frequencies (fitted with dp_epsilon, without the latent "
+                             "head, or saved before version 0.14): pass the training rows as X")
+        gen = torch.Generator().manual_seed(int(check_random_state(random_state).randint(0, 2**31 - 1)))
+        self._correct_marginals(n_rows, gen, math.inf)
+        return self
+
+    def _correct_marginals(self, n_rows: int, gen: torch.Generator, deadline: float) -> None:
+        """Two rounds of n_rows / 2 rows each: the choice frequencies under the prior's draws, then the same
+        with the first round's logits added; their log ratios to the training frequencies add up to
+        ``choice_bias_`` (kept for the sampler as it stands, ``choice_bias_at_``)."""
+        t0 = time.monotonic()
+        self.choice_bias_, self.choice_bias_at_ = None, None
+        record = self.history_.setdefault("marginal_correction", {})
+        record.clear()
+        counts = getattr(self, "choice_counts_", None)
+        if self.latent_head_ is None or counts is None or not counts.any():
+            record["why"] = "no categorical choices to correct" if self.latent_head_ is not None and counts is not None \
+                else "needs the latent logit head's training frequencies"
+            return
+        if self.temperature <= 0:
+            record["why"] = "temperature=0 writes each latent's most likely row: no frequencies to move"
+            return
+        model = self.row_model()
+        bias, written = torch.zeros_like(counts), 0
+        for _ in range(2):  # the second round adds what the first left (see marginal_bias)
+            stats, done = torch.zeros_like(counts), 0
+            while done < n_rows // 2 and time.monotonic() < deadline:
+                k = min(self.sample_batch_size, n_rows // 2 - done)
+                model.generate(self.sample_latents(k, generator=gen), self.temperature, generator=gen,
+                               choice_bias=bias if bias.any() else None, choice_stats=stats)
+                done += k
+            written += done
+            if done < MIN_CORRECTION_ROWS:  # too few rows to tell a column's frequencies from noise
+                break
+            bias = bias + marginal_bias(counts, stats) * self.temperature
+        record["rows"] = written
+        if not bias.any():
+            record["why"] = "max_time left too few rows" if written < n_rows else "no choice's frequency moved"
+            return
+        self.choice_bias_, self.choice_bias_at_ = bias, self._sampler_setting()
+        shifted = bias[bias != 0].abs()
+        groups = bias.any(1).nonzero().flatten().numpy()  # a column's groups start at its group offset
+        cols = sorted(set(np.searchsorted(self._grammar.group_offsets, groups, side="right") - 1))
+        record.update({**self.choice_bias_at_, "columns": [self.schema_.columns[c].name for c in cols],
+                       "mean_shift": round(float(shifted.mean()), 4), "max_shift": round(float(shifted.max()), 4),
+                       "seconds": round(time.monotonic() - t0, 1)})
 
     def _calibrate_prior(self, encoder, data: VAEData, zn: torch.Tensor, val_idx, seed: int, deadline: float,
                          private: bool) -> tuple:
@@ -654,9 +774,8 @@ class DiffLMSynthesizer(BaseEstimator):
         """Draw n latents from the fitted prior. Returns [n, latent_dim] (VAE latent scale)."""
         check_is_fitted(self)
         if self.denoiser_ is not None:
-            sigma = self.diffusion_sigma_min_ if self.diffusion_sigma_min == "auto" else self.diffusion_sigma_min
             zn = sample_heun(self.denoiser_, n, self.latent_mean_.shape[0], steps=self.diffusion_steps,
-                             sigma_min=float(sigma), generator=generator)
+                             sigma_min=self._sampler_sigma(), generator=generator)
         else:
             L = torch.linalg.cholesky(self.latent_cov_)
             zn = torch.randn(n, L.shape[0], generator=generator) @ L.T
@@ -874,6 +993,7 @@ class DiffLMSynthesizer(BaseEstimator):
         if info is not None:
             info["constraints_in_grammar"] = [c.describe() for c in held]
         cols = self.schema_.columns
+        bias = self._active_choice_bias(warn=True)
         got, generated, errors = [], 0, {}
         first_round_valid = None
         bar = tqdm(total=n, desc="sample", disable=not self.verbose or not parallel.is_main(), dynamic_ncols=True)
@@ -885,7 +1005,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 # latents a batch at a time: the first rows come at once and memory stays flat for any n
                 k = min(self.sample_batch_size, m - s)
                 z = self._guided_latents(base, k, conds, gen, hits) if conds else self.sample_latents(k, generator=gen)
-                toks = model.generate(z, self.temperature, generator=gen)
+                toks = model.generate(z, self.temperature, generator=gen, choice_bias=bias)
                 rows = []
                 for t in toks:
                     generated += 1
@@ -1138,6 +1258,9 @@ class DiffLMSynthesizer(BaseEstimator):
             if module is not None:
                 tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         tensors["latent_mean"] = self.latent_mean_
+        for name in ("choice_counts", "choice_bias"):  # the marginal correction's target and logits
+            if getattr(self, name + "_", None) is not None:
+                tensors[name] = getattr(self, name + "_")
         if self.denoiser_ is None:
             tensors["latent_cov"] = self.latent_cov_
         params = self.get_params()
@@ -1155,7 +1278,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 "featurizer": self.featurizer_.to_dict() if self.featurizer_ is not None else None,
                 "seed": self.seed_, "feature_names": [str(c) for c in self.feature_names_in_],
                 "fit_seconds": self.fit_seconds_, "privacy_report": self.privacy_report_,
-                "diffusion_sigma_min": self.diffusion_sigma_min_,
+                "diffusion_sigma_min": self.diffusion_sigma_min_, "choice_bias_at": self.choice_bias_at_,
                 "combinations": [[[v.item() if hasattr(v, "item") else v for v in t] for t in sorted(c.allowed, key=repr)]
                                  if isinstance(c, FixedCombinations) else None
                                  for c in rules if c.to_dict() is not None]}
@@ -1238,6 +1361,9 @@ class DiffLMSynthesizer(BaseEstimator):
         est.privacy_report_ = meta.get("privacy_report")  # None in files from before version 0.7
         # files from before version 0.12 sampled down to EDM's sigma
         est.diffusion_sigma_min_ = meta.get("diffusion_sigma_min", None if est.denoiser_ is None else SIGMA_MIN)
+        # files from before version 0.14 have no marginal correction
+        est.choice_counts_, est.choice_bias_ = tensors.get("choice_counts"), tensors.get("choice_bias")
+        est.choice_bias_at_ = meta.get("choice_bias_at")
         est.constraints_ = []
         for c, allowed in zip(est.constraints or [], meta.get("combinations") or []):
             c = copy.deepcopy(c)

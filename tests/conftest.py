@@ -54,7 +54,8 @@ def tiny_encoder_dir(tmp_path_factory):
 def tiny_kwargs(tiny_encoder_dir, tiny_decoder_dir):
     return dict(encoder=tiny_encoder_dir, decoder=tiny_decoder_dir, decoder_dtype="float32", latent_dim=8,
                 n_soft_tokens=2, n_prefix_tokens=2, max_epochs=2, batch_size=8, eval_every=2,
-                diffusion_train_steps=30, diffusion_steps=4, sample_batch_size=32, verbose=False, random_state=0)
+                diffusion_train_steps=30, diffusion_steps=4, sample_batch_size=32, marginal_rows=128, verbose=False,
+                random_state=0)
 
 
 @pytest.fixture(scope="session")
