@@ -30,7 +30,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # The paper's model and ours, as parameter sets; the ablation adds leave-one-out variants.
 CONFIGS = {
     "paper": {"number_format": "plain", "latent_head": False, "aux_weight": 0.0, "aux_steps": 0,
-              "row_features": False, "column_loss": "token", "max_beta": 0.1, "diffusion_sigma_min": 0.002},
+              "row_features": False, "column_loss": "token", "max_beta": 0.1, "diffusion_sigma_min": 0.002,
+              "marginal_rows": 0},
     "default": {},
 }
 

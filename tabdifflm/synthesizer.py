@@ -662,11 +662,10 @@ class DiffLMSynthesizer(BaseEstimator):
 
         The model writes ``n_rows`` rows in two rounds (the second with the first round's correction
         applied) and compares each categorical choice's frequency with the training rows'. Sampling uses the
-        result while the sampler's stopping point stays where it was estimated; call this again after
-        ``set_params(diffusion_sigma_min=...)``. ``X``: rows to take the target frequencies from instead of
-        the training rows' counts stored at fit (needed for models saved before version 0.14). The same holds
-        for the temperature. Returns self;
-        ``history_["marginal_correction"]`` records what was done.
+        result while the sampler's stopping point and temperature stay where they were; call this again
+        after ``set_params(diffusion_sigma_min=...)`` or another ``temperature``. ``X``: rows to take the
+        target frequencies from instead of the training rows' counts stored at fit (needed for models saved
+        before version 0.14). Returns self; ``history_["marginal_correction"]`` records what was done.
         """
         check_is_fitted(self)
         if not isinstance(n_rows, numbers.Integral) or n_rows < 2:

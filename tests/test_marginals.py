@@ -73,9 +73,9 @@ def test_fit_corrects_the_categorical_frequencies_it_writes(fitted):
     s.set_params(temperature=4.0)  # this random model's own logits make most choices all but certain
     hi = int(s._grammar.tables.to_local(torch.tensor(s._grammar.cols[1].encode("hi")[:1]))[0])
     target = float(s.choice_counts_[g, hi] / s.choice_counts_[g].sum())  # "hi" in the training slice
-    off = (s.sample(600, random_state=1)["b"] == "hi").mean()
-    s.correct_marginals(600, random_state=2)
-    on = (s.sample(600, random_state=1)["b"] == "hi").mean()
+    off = (s.sample(400, random_state=1)["b"] == "hi").mean()
+    s.correct_marginals(400, random_state=2)
+    on = (s.sample(400, random_state=1)["b"] == "hi").mean()
     assert abs(on - target) < abs(off - target) / 2 and abs(off - target) > 0.1
 
 
