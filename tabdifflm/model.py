@@ -334,12 +334,13 @@ class RowModel(nn.Module):
                 logits = self.logits(h, st, table, prev=prev, cells=cells)  # [B, K]
             if temperature <= 0:
                 pick = logits.argmax(-1)
+                probs = F.one_hot(pick, g.K).float() if choice_stats is not None else None
             else:  # inverse CDF: the first token whose cumulative probability reaches u
-                cdf = torch.softmax(logits / temperature, -1).cumsum(-1)  # [B, K]
+                probs = torch.softmax(logits / temperature, -1)  # [B, K]
+                cdf = probs.cumsum(-1)
                 pick = (cdf < (1 - u[t]) * cdf[:, -1:]).sum(-1)  # 1 - u is in (0, 1]: never a masked token
             if choice_stats is not None:  # expected choices: the frequencies of the picks, with less noise
                 at = live & g.choice[st] & (g.group[st] >= 0)
-                probs = F.one_hot(pick, g.K).float() if temperature <= 0 else torch.softmax(logits / temperature, -1)
                 choice_stats.index_add_(0, g.group[st][at].cpu(), probs[at].float().cpu())
             forced = g.forced[state]
             tok = torch.where(forced >= 0, forced, pick)

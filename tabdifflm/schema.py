@@ -55,6 +55,11 @@ class Schema:
     def names(self) -> list:
         return [c.name for c in self.columns]
 
+    @property
+    def categorical(self) -> list[int]:
+        """Positions of the categorical columns."""
+        return [i for i, c in enumerate(self.columns) if c.kind == "categorical"]
+
     def to_dict(self) -> dict:
         return {"columns": [c.to_dict() for c in self.columns]}
 

@@ -508,7 +508,7 @@ class DiffLMSynthesizer(BaseEstimator):
         syn, trained, unseen = build_frame(rows, self.schema_), df.iloc[train_idx.numpy()], df.iloc[val_idx.numpy()]
         x_new, x_trained, x_unseen = _dcr_matrices([syn, trained, unseen], trained)  # one space for all three
         d_new, d_unseen = _nearest_l1(x_new, x_trained), _nearest_l1(x_unseen, x_trained)
-        share, interval = closer_than_unseen(d_new, d_unseen, seed=self.seed_)
+        share, interval = closer_than_unseen(d_new, d_unseen)
         return {**report, "closer_than_unseen": round(share, 4), "interval_95": [round(x, 4) for x in interval],
                 "median_dcr_new": round(float(np.median(d_new)), 4),
                 "median_dcr_unseen": round(float(np.median(d_unseen)), 4),
@@ -571,7 +571,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 steps, step_s = self.diffusion_train_steps, time_diffusion_step(self.latent_dim, n)
             reserve = min(1.5 * steps * step_s, 0.4 * budget)
         check_s = 0.03 * budget if self.privacy_sample and n_val and math.isfinite(budget) else 0.0  # privacy_report_
-        cat_cols = [i for i, c in enumerate(schema.columns) if c.kind == "categorical"]
+        cat_cols = schema.categorical
         if self.marginal_rows and head is not None and cat_cols and not ledger and math.isfinite(budget):
             check_s += 0.04 * budget  # the marginal correction's rows, written before the privacy report
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget - check_s
@@ -671,9 +671,9 @@ class DiffLMSynthesizer(BaseEstimator):
         if not isinstance(n_rows, numbers.Integral) or n_rows < 2:
             raise ValueError(f"n_rows must be an integer of at least 2, got {n_rows!r}")
         if X is not None:
-            cats = [i for i, c in enumerate(self.schema_.columns) if c.kind == "categorical"]
             encoded = [self._grammar.encode(r) for r in self._rows_of(X)]
-            self.choice_counts_ = choice_counts(self._grammar, [t for t, _ in encoded], [q for _, q in encoded], cats)
+            self.choice_counts_ = choice_counts(self._grammar, [t for t, _ in encoded], [q for _, q in encoded],
+                                                self.schema_.categorical)
         elif getattr(self, "choice_counts_", None) is None:
             raise ValueError("this model keeps no training frequencies (fitted with dp_epsilon, without the latent "
                              "head, or saved before version 0.14): pass the training rows as X")

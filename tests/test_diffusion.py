@@ -76,17 +76,20 @@ def test_closer_share_is_half_for_the_same_distances_and_one_for_copies():
 
 def test_closer_shares_standard_error_matches_the_bootstrap_and_shrinks_with_the_samples():
     """DeLong's standard error of the share agrees with a bootstrap's spread, halves with four times the
-    points, and is infinite where one sample has a single point."""
+    points, and is infinite where one sample has a single point; the rows' report interval is built on it."""
     import numpy as np
 
-    from tabdifflm.diffusion import closer_share_se
+    from tabdifflm.diffusion import closer_share, closer_share_se
     from tabdifflm.metrics import closer_than_unseen
 
     g = torch.Generator().manual_seed(0)
     d_new, d_unseen = torch.rand(400, generator=g) * 1.1, torch.rand(200, generator=g)
     se = closer_share_se(d_new, d_unseen)
-    _, (lo, hi) = closer_than_unseen(d_new.numpy(), d_unseen.numpy(), resamples=2000)
-    assert abs(se - (hi - lo) / 3.92) < 0.2 * se
+    boot = [closer_share(d_new[torch.randint(400, (400,), generator=g)],
+                         d_unseen[torch.randint(200, (200,), generator=g)]) for _ in range(1000)]
+    assert abs(se - np.std(boot)) < 0.15 * se
+    share, (lo, hi) = closer_than_unseen(d_new.numpy(), d_unseen.numpy())
+    assert share == closer_share(d_new, d_unseen) and abs((hi - lo) - 3.92 * se) < 1e-9
     big = closer_share_se(torch.rand(1600, generator=g) * 1.1, torch.rand(800, generator=g))
     assert 0.4 * se < big < 0.6 * se
     assert closer_share_se(d_new[:1], d_unseen) == np.inf
