@@ -16,6 +16,9 @@ import argparse
 import json
 import time
 
+import numpy as np
+from tqdm import tqdm
+
 from tabdifflm import DiffLMSynthesizer
 from tabdifflm.metrics import dcr, fidelity, mle, privacy_risks
 
@@ -24,13 +27,34 @@ from .mle_ablation import cpu_name
 from .run import save_results, split
 
 
-def rows_to_attack(dataset: str, model: str | None, minutes: float, seed: int = 0, save: str | None = None) -> tuple:
+VARIANTS = {  # how a saved DiffLM model is sampled: set_params, and whether the correction is estimated again
+    "default": ({}, False),
+    "no correction": ({"marginal_rows": 0}, False),
+    "move": ({"marginal_method": "move"}, True),
+    "logit": ({"marginal_method": "logit"}, True),
+    "stopped at 1.4": ({"diffusion_sigma_min": 1.4}, True),
+}
+
+
+def generators(dataset: str, model: str | None, minutes: float, seed: int = 0, save: str | None = None,
+               variants=("default",)) -> tuple:
+    """The split and, per row source, a function sampling seed -> rows (the same rows for any seed where
+    the source is fixed), with the seconds each source took to set up."""
     ds, train, holdout = split(dataset, "quick", seed)
     pool = ds.train.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     independent = pool.iloc[2 * len(train):3 * len(train)].reset_index(drop=True)
-    tables = {"copy of the training rows": train.copy(), "independent real rows": independent}
+    fixed = {"copy of the training rows": train.copy(), "independent real rows": independent}
+    gens = {name: (lambda k, rows=rows: rows) for name, rows in fixed.items()}
     t = time.monotonic()
-    tables["SDV TVAE, defaults"] = METHODS["tvae"](train, 0, seed)(len(train))[0]
+    tvae = METHODS["tvae"](train, 0, seed)
+    draws = {}  # TVAE draws from its global RNG: the k-th call is sampling seed k, made in order once
+
+    def tvae_rows(k):
+        while len(draws) <= k:
+            draws[len(draws)] = tvae(len(train))[0]
+        return draws[k]
+
+    gens["SDV TVAE, defaults"] = tvae_rows
     seconds = {"SDV TVAE, defaults": time.monotonic() - t}
     t = time.monotonic()
     if model:
@@ -39,18 +63,34 @@ def rows_to_attack(dataset: str, model: str | None, minutes: float, seed: int = 
         synth = DiffLMSynthesizer(random_state=seed, max_time=minutes * 60, verbose=False).fit(train)
         if save:
             synth.save(save)
-    synth.set_params(verbose=False)
-    tables["DiffLM"] = synth.sample(len(train), random_state=seed)
-    seconds["DiffLM"] = time.monotonic() - t
-    return ds, train, holdout, tables, seconds
+    seconds["DiffLM fit or load"] = time.monotonic() - t
+    for v in variants:
+        params, again = VARIANTS[v]
+        variant = clone_fitted(synth).set_params(verbose=False, **params)
+        if again:
+            t = time.monotonic()
+            variant.correct_marginals(variant.marginal_rows or 1000, random_state=seed)
+            seconds[f"DiffLM ({v}) correction"] = time.monotonic() - t
+        name = "DiffLM" if v == "default" else f"DiffLM, {v}"
+        gens[name] = (lambda k, s=variant: s.sample(len(train), random_state=seed + k))
+    return ds, train, holdout, gens, seconds
+
+
+def clone_fitted(synth):
+    """A copy of a fitted model whose parameters can change without touching the original."""
+    import copy
+
+    return copy.deepcopy(synth)
 
 
 RISKS = ("singling_out", "linkability", "inference")
 
 
-def pooled(runs: list) -> dict:
-    """Several attack seeds' risks -> per risk the mean, the range, and in how many runs the interval
-    lies above 0 (one run of 500 attacks moves by about 0.05 from seed to seed)."""
+def pooled(runs: list, samples: int = 1) -> dict:
+    """Several runs' risks (``samples`` sets of rows, each attacked with the same number of seeds, in
+    order) -> per risk the mean, the range, in how many runs the interval lies above 0 (one run of 500
+    attacks moves by about 0.05 from seed to seed), and the mean of the unclipped residual with its
+    standard error over the sets of rows."""
     out = {}
     for k in RISKS:
         ok = [r[k] for r in runs if "error" not in r[k]]
@@ -60,6 +100,10 @@ def pooled(runs: list) -> dict:
         risks = [r["risk"] for r in ok]
         out[k] = {"risk": sum(risks) / len(risks), "min": min(risks), "max": max(risks),
                   "above_zero": sum(r["ci"][0] > 0 for r in ok), "runs": len(ok)}
+        if all("residual" in r for r in ok) and len(ok) == len(runs):
+            per = np.array([r["residual"] for r in ok]).reshape(samples, -1).mean(1)  # one value per set of rows
+            out[k].update(residual=float(per.mean()),
+                          residual_se=float(per.std(ddof=1) / np.sqrt(samples)) if samples > 1 else None)
     return out
 
 
@@ -68,7 +112,10 @@ def markdown(res: dict) -> str:
         if "error" in r:
             return "n/a"
         if "runs" in r:  # several attack seeds
-            return f"{r['risk']:.3f} ({r['min']:.3f}-{r['max']:.3f}; {r['above_zero']}/{r['runs']})"
+            text = f"{r['risk']:.3f} ({r['min']:.3f}-{r['max']:.3f}; {r['above_zero']}/{r['runs']})"
+            if r.get("residual_se") is not None:
+                text += f"; {r['residual']:+.3f} ± {r['residual_se']:.3f}"
+            return text
         return f"{r['risk']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
 
     def use(r):  # rows from before MLE was part of this table have none
@@ -81,6 +128,12 @@ def markdown(res: dict) -> str:
     for name, r in res["rows"].items():
         lines.append(f"| {name} | {cell(r['singling_out'])} | {cell(r['linkability'])} | {cell(r['inference'])} | "
                      f"{r['dcr_share'] * 100:.1f} % | {r['exact_copies']} |" + use(r))
+    if res.get("sample_seeds", 1) > 1:
+        seeds = "attack seed" + ("s" if res["attack_seeds"] > 1 else "")
+        lines.append(f"\nEach cell: mean risk (range; runs whose interval lies above 0) over {res['sample_seeds']} "
+                     f"sets of rows x {res['attack_seeds']} {seeds}, {res.get('attacks', 500)} attacks a run; then the "
+                     "unclipped residual's mean ± its standard error over the sets of rows. The other columns are "
+                     "means over the sets of rows.")
     return "\n".join(lines) + "\n"
 
 
@@ -94,25 +147,44 @@ def main(argv=None):
     ap.add_argument("--attack-seeds", type=int, default=1,
                     help="run the attacks with this many seeds and report each risk's mean, range and how "
                          "many intervals lie above 0")
+    ap.add_argument("--sample-seeds", type=int, default=1,
+                    help="sets of rows each generator writes (sampling seeds seed, seed+1, ...); every set is "
+                         "attacked and scored, and the table gives means over them")
+    ap.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS),
+                    help="ways of sampling the DiffLM model: as fitted; without the marginal correction; with "
+                         "the correction estimated again by moving probability or by logits; with the sampler "
+                         "stopped at sigma 1.4 and the correction estimated there")
     ap.add_argument("--save-model", metavar="PATH", help="save the model fitted for --minutes there")
     ap.add_argument("--stem", help="result file name without extension (default privacy_<dataset>)")
     args = ap.parse_args(argv)
-    ds, train, holdout, tables, seconds = rows_to_attack(args.dataset, args.model, args.minutes, args.seed,
-                                                         args.save_model)
+    ds, train, holdout, gens, seconds = generators(args.dataset, args.model, args.minutes, args.seed,
+                                                   args.save_model, args.variants)
     res = {"dataset": args.dataset, "cpu": cpu_name(), "train_rows": len(train), "control_rows": len(holdout),
            "secret": ds.target, "model": args.model, "minutes": None if args.model else args.minutes,
-           "seconds": seconds, "rows": {}}
-    for name, syn in tables.items():
-        runs = [privacy_risks(syn, train, holdout, secret=ds.target, n_attacks=args.attacks, seed=args.seed + k)
-                for k in range(args.attack_seeds)]
-        risks = runs[0] if len(runs) == 1 else {**pooled(runs), "attack_runs": runs}
-        d = dcr(syn, train, holdout)
-        res["rows"][name] = {**risks, "dcr_share": d["share_closer_to_train"], "exact_copies": d["exact_copies"]}
-        if name != "copy of the training rows":
-            fid = fidelity(syn, train)
-            res["rows"][name].update(mle=mle(syn, ds.test, ds.target, ds.task, seeds=(0, 1, 2))["mean"],
-                                     shapes_error=fid["column_shapes_error"], trends_error=fid["column_pair_trends_error"])
-        print(name, json.dumps(res["rows"][name]), flush=True)
+           "attacks": args.attacks, "attack_seeds": args.attack_seeds, "sample_seeds": args.sample_seeds,
+           "variants": args.variants, "seconds": seconds, "rows": {}}
+    for name, rows_for in gens.items():
+        real = name in ("copy of the training rows", "independent real rows")
+        samples = 1 if real else args.sample_seeds
+        runs, scores = [], []
+        for k in tqdm(range(samples), desc=name, leave=False):
+            t = time.monotonic()
+            syn = rows_for(k)
+            seconds[f"{name} rows"] = seconds.get(f"{name} rows", 0.0) + time.monotonic() - t
+            runs += [privacy_risks(syn, train, holdout, secret=ds.target, n_attacks=args.attacks, seed=args.seed + j)
+                     for j in range(args.attack_seeds)]
+            d = dcr(syn, train, holdout)
+            score = {"dcr_share": d["share_closer_to_train"], "exact_copies": d["exact_copies"]}
+            if name != "copy of the training rows":
+                fid = fidelity(syn, train)
+                score.update(mle=mle(syn, ds.test, ds.target, ds.task, seeds=(0, 1, 2))["mean"],
+                             shapes_error=fid["column_shapes_error"], trends_error=fid["column_pair_trends_error"])
+            scores.append(score)
+        risks = runs[0] if len(runs) == 1 else {**pooled(runs, samples), "attack_runs": runs}
+        mean = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+        mean["exact_copies"] = int(round(mean["exact_copies"]))
+        res["rows"][name] = {**risks, **mean, **({"per_sample": scores} if samples > 1 else {})}
+        print(name, json.dumps({k: v for k, v in res["rows"][name].items() if k != "attack_runs"}), flush=True)
     save_results(args.stem or f"privacy_{args.dataset}", res, markdown(res))
 
 

@@ -372,8 +372,11 @@ def privacy_risks(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_contro
     the generator never saw, so a risk measures what the synthetic rows leak about their training rows
     beyond what the population tells anyway: 0 is no leak, 1 a copy of the training rows.
 
-    Returns ``{"singling_out" | "linkability" | "inference": {"risk": r, "ci": [low, high]}, "n_attacks",
-    "secret"}``. Needs anonymeter (``pip install --no-deps anonymeter`` plus numba and polars).
+    Returns ``{"singling_out" | "linkability" | "inference": {"risk": r, "ci": [low, high], "residual": e,
+    "attack_rate": a, "control_rate": c}, "n_attacks", "secret"}``: ``risk`` is anonymeter's estimate, which
+    is clipped at 0, so a mean of several is biased upwards; ``residual`` is the same estimate unclipped,
+    (a - c) / (1 - c), whose mean is not. Needs anonymeter (``pip install --no-deps anonymeter`` plus numba
+    and polars).
     """
     try:
         from anonymeter.evaluators import InferenceEvaluator, LinkabilityEvaluator, SinglingOutEvaluator
@@ -403,8 +406,11 @@ def privacy_risks(synthetic: pd.DataFrame, real_train: pd.DataFrame, real_contro
                               ("linkability", link, lambda e: e.evaluate(n_jobs=1)),
                               ("inference", inf, lambda e: e.evaluate(n_jobs=1))):
             try:
-                r = run(ev).risk(confidence_level=0.95)
-                out[name] = {"risk": float(r.value), "ci": [float(r.ci[0]), float(r.ci[1])]}
+                res = run(ev).results(confidence_level=0.95)
+                r, a, c = res.risk(), res.attack_rate.value, res.control_rate.value
+                out[name] = {"risk": float(r.value), "ci": [float(r.ci[0]), float(r.ci[1])],
+                             "residual": float((a - c) / (1 - c)) if c < 1 else 0.0,
+                             "attack_rate": float(a), "control_rate": float(c)}
             except Exception as e:  # noqa: BLE001  (e.g. no singling-out query found: recorded, never fatal)
                 out[name] = {"error": f"{type(e).__name__}: {e}"[:200]}
     return out

@@ -65,3 +65,21 @@ def test_privacy_benchmark_pools_attack_seeds():
     scored = {**out, "dcr_share": 0.5, "exact_copies": 0, "mle": 0.8712, "shapes_error": 3.1, "trends_error": 6.25}
     table = markdown({"secret": "income", "rows": {"m": scored}})
     assert "| n/a | 50.0 % | 0 | 0.871 | 3.10 / 6.25 |" in table
+
+
+def test_privacy_benchmark_pools_sets_of_rows_with_the_unclipped_residual():
+    """Two sets of rows, two attack seeds each: the residual is averaged within a set, then over the sets,
+    with its standard error over the sets; the table says so."""
+    from benchmarks.privacy import markdown, pooled
+
+    def run(res):
+        r = {"risk": max(res, 0.0), "ci": [0.0, 0.1], "residual": res}
+        return {"singling_out": r, "linkability": r, "inference": r}
+
+    out = pooled([run(-0.02), run(0.04), run(0.05), run(0.07)], samples=2)
+    assert out["inference"]["residual"] == pytest.approx(0.035)  # sets: 0.01 and 0.06
+    assert out["inference"]["residual_se"] == pytest.approx(0.025)  # sd 0.0354 over two sets / sqrt(2)
+    assert out["inference"]["risk"] == pytest.approx(0.04)  # the clipped mean is higher
+    table = markdown({"secret": "income", "sample_seeds": 2, "attack_seeds": 2,
+                      "rows": {"m": {**out, "dcr_share": 0.5, "exact_copies": 0}}})
+    assert "0.040 (0.000-0.070; 0/4); +0.035 ± 0.025" in table and "2 sets of rows x 2 attack seeds" in table

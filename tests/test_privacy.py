@@ -36,6 +36,10 @@ def test_a_copy_of_the_training_rows_is_high_risk_and_independent_rows_are_not(s
         assert lo <= fresh[kind]["risk"] <= hi
         assert lo <= 0.05, (kind, fresh[kind])             # independent rows: an interval that reaches zero
         assert copy[kind]["risk"] > fresh[kind]["risk"] + 0.3, (kind, copy[kind], fresh[kind])
+        for r in (copy[kind], fresh[kind]):  # the unclipped residual: (attack - control) / (1 - control)
+            a, c = r["attack_rate"], r["control_rate"]
+            assert r["residual"] == pytest.approx((a - c) / (1 - c))
+            assert r["risk"] == pytest.approx(max(r["residual"], 0.0), abs=1e-9)
     assert copy["n_attacks"] == 200 and copy["secret"] == "income"
 
 
