@@ -1,9 +1,10 @@
 """Attack-based privacy risks (anonymeter) beside DCR, for reference rows and synthesizers on one split.
 
-    python -m benchmarks.privacy --dataset adult --model /tmp/tdl_models/adult_quick_seed0.tdl
+    python -m benchmarks.privacy --dataset adult --model /tmp/tdl_models/adult_quick_seed0.tdl --attacks 2000 --sample-seeds 3
 
 The quick profile's 2,000 training rows are attacked, with its 2,000-row holdout as the control rows the
-generators never saw; 500 attacks each. Rows compared: a copy of the training rows (the worst case),
+generators never saw; ``--attacks`` each (at 2,000 every row is a target, and only the rows attacked vary
+from run to run), on ``--sample-seeds`` sets of rows from each generator. Rows compared: a copy of the training rows (the worst case),
 independent real rows from the same population (what no leak looks like), SDV's TVAE with its defaults
 (fitted here), and DiffLM from a model saved by ``benchmarks.run --save-models`` on the same rows (or
 fitted here for ``--minutes``). Each generator's rows are also scored for MLE (on the real test set, three
@@ -13,6 +14,7 @@ classifier seeds) and column-shape / pair-trend error, so risks and usefulness c
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -30,8 +32,6 @@ from .run import save_results, split
 VARIANTS = {  # how a saved DiffLM model is sampled: set_params, and whether the correction is estimated again
     "default": ({}, False),
     "no correction": ({"marginal_rows": 0}, False),
-    "move": ({"marginal_method": "move"}, True),
-    "logit": ({"marginal_method": "logit"}, True),
     "stopped at 1.4": ({"diffusion_sigma_min": 1.4}, True),
 }
 
@@ -66,7 +66,7 @@ def generators(dataset: str, model: str | None, minutes: float, seed: int = 0, s
     seconds["DiffLM fit or load"] = time.monotonic() - t
     for v in variants:
         params, again = VARIANTS[v]
-        variant = clone_fitted(synth).set_params(verbose=False, **params)
+        variant = copy.deepcopy(synth).set_params(verbose=False, **params)  # the loaded model stays as it is
         if again:
             t = time.monotonic()
             variant.correct_marginals(variant.marginal_rows or 1000, random_state=seed)
@@ -74,13 +74,6 @@ def generators(dataset: str, model: str | None, minutes: float, seed: int = 0, s
         name = "DiffLM" if v == "default" else f"DiffLM, {v}"
         gens[name] = (lambda k, s=variant: s.sample(len(train), random_state=seed + k))
     return ds, train, holdout, gens, seconds
-
-
-def clone_fitted(synth):
-    """A copy of a fitted model whose parameters can change without touching the original."""
-    import copy
-
-    return copy.deepcopy(synth)
 
 
 RISKS = ("singling_out", "linkability", "inference")
@@ -152,8 +145,7 @@ def main(argv=None):
                          "attacked and scored, and the table gives means over them")
     ap.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS),
                     help="ways of sampling the DiffLM model: as fitted; without the marginal correction; with "
-                         "the correction estimated again by moving probability or by logits; with the sampler "
-                         "stopped at sigma 1.4 and the correction estimated there")
+                         "the sampler stopped at sigma 1.4 and the correction estimated there")
     ap.add_argument("--save-model", metavar="PATH", help="save the model fitted for --minutes there")
     ap.add_argument("--stem", help="result file name without extension (default privacy_<dataset>)")
     args = ap.parse_args(argv)

@@ -124,7 +124,7 @@ def cmd_sample(a) -> None:
             s.set_params(diffusion_sigma_min=a.sigma_min if a.sigma_min == "auto" else float(a.sigma_min))
         except ValueError:
             raise CLIError(f"--sigma-min must be 'auto' or a number, got {a.sigma_min!r}") from None
-    if s.choice_bias_ is not None and s.marginal_rows and not s._active_correction():  # the sampler was changed above
+    if s.choice_bias_ is not None and s.marginal_rows and s._active_choice_bias() is None:  # changed above
         s.correct_marginals(s.marginal_rows, random_state=a.seed)
     df = s.sample(a.n, random_state=a.seed)
     write_table(df, a.output)

@@ -13,16 +13,13 @@ counts (aggregate frequencies, as the schema's category sets are), so it needs n
 sampler's choice probabilities into the same shape (``choice_stats``), which estimates the same
 frequencies with less noise than counting the tokens drawn; ``marginal_bias`` turns the two into logits.
 
-A logit shift multiplies each row's own probabilities, so a less common value comes back where the
-latent leans to it, which near a training row's latent is that row's value. ``marginal_moves`` and
-``move`` (``marginal_method="move"``) act without reading the latent: a row that draws a value chosen
-too often keeps it only with probability p_train / p_sampled, and otherwise draws again from the values
-chosen too rarely, in proportion to their shortfall.
-
 Measured and not used: solving for the shift that makes the mean of the rows' own choice probabilities
 equal the training frequency exactly (a multinomial model's intercepts with the logits as offsets). It
 moves choices the latent had made all but certain, and on Adult it cost 0.012 AUC against the ratio's
-two rounds (docs/design.md, "Version 0.14").
+two rounds (docs/design.md, "Version 0.14"). Also measured and not used: moving the excess probability of
+the values chosen too often to those chosen too rarely whatever the latent says, which cannot follow the
+latent back to a training row's value; on Adult it cost 0.008 AUC and 1.7 points of pair-trend error and
+lowered no attack risk (docs/design.md, "Version 0.15").
 """
 from __future__ import annotations
 
@@ -63,56 +60,10 @@ def marginal_bias(train_counts: torch.Tensor, sampled: torch.Tensor) -> torch.Te
     round under-corrects; the caller runs a second. Groups seen fewer than ``MIN_VISITS`` times in either
     source get 0.
     """
-    p_train, p_sampled, rare = _frequencies(train_counts, sampled)
-    seen = (train_counts > 0) | (sampled > 0)
-    bias = torch.where(seen, p_train.clamp(min=1e-12).log() - p_sampled.clamp(min=1e-12).log(), torch.zeros(()))
-    bias[rare] = 0.0
-    return bias.clamp(-MAX_SHIFT, MAX_SHIFT)
-
-
-def _frequencies(train_counts: torch.Tensor, sampled: torch.Tensor) -> tuple:
-    """Both sources' per-group frequencies over the tokens either chooses (``SMOOTHING`` added to each),
-    and which groups have too few visits in either to be moved."""
     seen = (train_counts > 0) | (sampled > 0)
     a = SMOOTHING * seen
     p_train = (train_counts + a) / (train_counts + a).sum(1, keepdim=True).clamp(min=1e-12)
     p_sampled = (sampled + a) / (sampled + a).sum(1, keepdim=True).clamp(min=1e-12)
-    rare = (train_counts.sum(1) < MIN_VISITS) | (sampled.sum(1) < MIN_VISITS)
-    return p_train, p_sampled, rare
-
-
-def marginal_moves(train_counts: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
-    """The least probability to move, per group, that turns the sampler's frequencies into the training rows'.
-
-    train_counts [G, K] and sampled [G, K] as for :func:`marginal_bias`. Returns [2, G, K]: ``leave``, the
-    share of a token's probability to take away (1 - p_train / p_sampled where the sampler chooses it too
-    often, else 0), and ``to``, where the taken probability goes (the tokens it chooses too rarely, in
-    proportion to their shortfall). In expectation over the rows this is exact in one round; the moved
-    probability goes to the same tokens whatever the latent says, so it hands no row back a value
-    because its latent leans to it.
-    """
-    p_train, p_sampled, rare = _frequencies(train_counts, sampled)
-    leave = (1 - p_train / p_sampled.clamp(min=1e-12)).clamp(0, 1) * (p_sampled > 0)
-    short = (p_train - p_sampled).clamp(min=0)
-    to = short / short.sum(1, keepdim=True).clamp(min=1e-12)
-    leave[rare], to[rare] = 0.0, 0.0
-    return torch.stack([leave, to])
-
-
-def move(probs: torch.Tensor, groups: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
-    """Apply :func:`marginal_moves` rounds to one step's choice probabilities.
-
-    probs [B, K]: each row's probabilities (0 where the grammar forbids a token); groups [B]: each row's
-    (column, position) group, -1 outside the choices; moves [R, 2, G, K]. Returns [B, K]. Drawing from the
-    result is drawing from ``probs`` and then, with probability ``leave`` of the token drawn, replacing it
-    by a draw from ``to`` restricted to the tokens the grammar allows here (no move where it allows none).
-    """
-    at = groups.clamp(min=0)
-    for leave, to in moves:
-        leave_b = leave[at] * (groups >= 0)[:, None]  # [B, K]
-        to_b = to[at] * (probs > 0)
-        mass = to_b.sum(1, keepdim=True)
-        leave_b = leave_b * (mass > 0)
-        taken = (probs * leave_b).sum(1, keepdim=True)  # [B, 1]
-        probs = probs * (1 - leave_b) + taken * to_b / mass.clamp(min=1e-12)
-    return probs
+    bias = torch.where(seen, p_train.clamp(min=1e-12).log() - p_sampled.clamp(min=1e-12).log(), torch.zeros(()))
+    bias[(train_counts.sum(1) < MIN_VISITS) | (sampled.sum(1) < MIN_VISITS)] = 0.0
+    return bias.clamp(-MAX_SHIFT, MAX_SHIFT)

@@ -18,7 +18,6 @@ from torch import nn
 
 from .decoder import run_base
 from .grammar import CompiledGrammar, RowGrammar
-from .marginals import move as moved
 from .numbers import Cells, NumberHead
 
 
@@ -271,8 +270,7 @@ class RowModel(nn.Module):
     @torch.no_grad()  # sampling keeps no autograd graph: with one, every token's activations stay alive
     def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
                  static_cache: bool = False, head_only: bool = False, fixed: torch.Tensor | None = None,
-                 choice_bias: torch.Tensor | None = None, choice_moves: torch.Tensor | None = None,
-                 choice_stats: torch.Tensor | None = None):
+                 choice_bias: torch.Tensor | None = None, choice_stats: torch.Tensor | None = None):
         """Write one row per latent. z [B, D] -> list of B decoder-token lists (each a complete row).
 
         All rows advance in lockstep, one decoder call per token with the KV cache; grammar states step by
@@ -287,10 +285,8 @@ class RowModel(nn.Module):
         column c is set, the value's tokens and the separator after it are written instead of sampled, so
         the columns after it are written knowing it (imputation). Each must be a path the grammar allows.
         ``choice_bias`` [G, K] (needs the latent head) is added to every row's logits of each (column,
-        position) group's choices (:mod:`tabdifflm.marginals`); ``choice_moves`` [R, 2, G, K] instead moves
-        probability between a group's tokens without reading the latent (:func:`~tabdifflm.marginals.move`,
-        one round after another). ``choice_stats`` [G, K] (on the CPU), if given, gets each choice's
-        probabilities (at ``temperature``, after any move) added to its group's row, in place.
+        position) group's choices (:mod:`tabdifflm.marginals`); ``choice_stats`` [G, K] (on the CPU), if
+        given, gets each choice's probabilities (at ``temperature``) added to its group's row, in place.
         """
         g, dec, inj = self.grammar, self.decoder, self.injector
         dev, dtype = self.device, dec.dtype
@@ -341,8 +337,6 @@ class RowModel(nn.Module):
                 probs = F.one_hot(pick, g.K).float() if choice_stats is not None else None
             else:  # inverse CDF: the first token whose cumulative probability reaches u
                 probs = torch.softmax(logits / temperature, -1)  # [B, K]
-                if choice_moves is not None:
-                    probs = moved(probs, g.group[st], choice_moves.to(dev))
                 cdf = probs.cumsum(-1)
                 pick = (cdf < (1 - u[t]) * cdf[:, -1:]).sum(-1)  # 1 - u is in (0, 1]: never a masked token
             if choice_stats is not None:  # expected choices: the frequencies of the picks, with less noise

@@ -29,7 +29,7 @@ from .dp import PrivacyLedger, default_delta
 from .encoder import DEFAULT_ENCODER, RowEncoder, load_backbone
 from .features import RowFeaturizer
 from .grammar import END, InvalidValue, RowGrammar
-from .marginals import choice_counts, marginal_bias, marginal_moves
+from .marginals import choice_counts, marginal_bias
 from .injection import METHODS, Injector
 from .metadata import Layout, parse_metadata
 from .model import LatentLogitHead, RowModel, RowVAE
@@ -47,8 +47,7 @@ LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hi
                  "latent_head_context": False, "number_head": 0, "aux_weight": 0.0,
                  "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
                  "memorisation_gap": None, "diffusion_learning_rate": 1e-3,
-                 "privacy_sample": 0, "diffusion_sigma_min": SIGMA_MIN, "marginal_rows": 0,
-                 "marginal_method": "logit"}
+                 "privacy_sample": 0, "diffusion_sigma_min": SIGMA_MIN, "marginal_rows": 0}
 MIN_CORRECTION_ROWS = 64  # a marginal correction round with fewer rows than this is not used
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
@@ -232,14 +231,7 @@ class DiffLMSynthesizer(BaseEstimator):
         ``history_["marginal_correction"]``; :meth:`correct_marginals` re-estimates it, for instance after
         ``set_params(diffusion_sigma_min=...)``). Needs ``latent_head=True``; not under ``dp_epsilon``,
         whose accounting does not cover the training rows' frequencies. It lowers the shape and pair-trend
-        errors but raised anonymeter's inference risk on Adult (0.035 to 0.064): set 0 where the attack
-        risks come first. Setting 0 after fit also samples without a fitted correction.
-    marginal_method : {"logit", "move"}
-        How the correction acts. "logit" adds the log ratio to the choices' logits, so a less common value
-        comes back where the latent leans to it. "move" takes the excess probability of the values chosen
-        too often and hands it to those chosen too rarely, in proportion to their shortfall and whatever
-        the latent says (:func:`~tabdifflm.marginals.marginal_moves`): it does not follow the latent back
-        to a training row's value, at some cost in the relations between columns.
+        errors; 0 after fit samples without a fitted correction.
     temperature : float
         Decoder sampling temperature (0 = greedy).
     decoder_dtype : {"auto", "float32", "bfloat16", "float16"}
@@ -297,7 +289,6 @@ class DiffLMSynthesizer(BaseEstimator):
         "diffusion_learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "diffusion_sigma_min": [StrOptions({"auto"}), Interval(numbers.Real, 0, 80, closed="neither")],
         "marginal_rows": [Interval(numbers.Integral, 0, None, closed="left")],
-        "marginal_method": [StrOptions({"logit", "move"})],
         "temperature": [Interval(numbers.Real, 0, None, closed="left")],
         "decoder_dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
         "device": [str, torch.device],
@@ -318,7 +309,7 @@ class DiffLMSynthesizer(BaseEstimator):
                  decoder_adapter=None, lora_rank=8,
                  lora_alpha=16.0, batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=5000, diffusion_learning_rate=2e-3,
-                 diffusion_sigma_min="auto", marginal_rows=1000, marginal_method="logit", temperature=1.0, decoder_dtype="auto",
+                 diffusion_sigma_min="auto", marginal_rows=1000, temperature=1.0, decoder_dtype="auto",
                  device="auto", validation_size=0.1, eval_every=25, sample_batch_size=256, max_sample_attempts=10,
                  constraints=None, metadata=None, n_jobs=None, random_state=None, verbose=True):
         self.encoder = encoder
@@ -359,7 +350,6 @@ class DiffLMSynthesizer(BaseEstimator):
         self.diffusion_learning_rate = diffusion_learning_rate
         self.diffusion_sigma_min = diffusion_sigma_min
         self.marginal_rows = marginal_rows
-        self.marginal_method = marginal_method
         self.temperature = temperature
         self.decoder_dtype = decoder_dtype
         self.device = device
@@ -648,27 +638,24 @@ class DiffLMSynthesizer(BaseEstimator):
         return float(self.diffusion_sigma_min_ if self.diffusion_sigma_min == "auto" else self.diffusion_sigma_min)
 
     def _sampler_setting(self) -> dict:
-        """What the marginal correction depends on: where the prior's sampler stops, the temperature, and
-        the correction's kind."""
-        return {"sigma_min": self._sampler_sigma(), "temperature": float(self.temperature),
-                "method": self.marginal_method}
+        """What the marginal correction depends on: where the prior's sampler stops, and the temperature."""
+        return {"sigma_min": self._sampler_sigma(), "temperature": float(self.temperature)}
 
-    def _active_correction(self, warn: bool = False) -> dict:
-        """The marginal correction as :meth:`RowModel.generate`'s keyword argument, if one was estimated for
-        the sampler as it stands now and ``marginal_rows`` is not 0 ({} otherwise; ``warn``: say so when one
-        exists for another setting)."""
+    def _active_choice_bias(self, warn: bool = False) -> torch.Tensor | None:
+        """The marginal correction, if it was estimated for the sampler as it stands now and ``marginal_rows``
+        is not 0 (None otherwise; ``warn``: say so when one exists for another setting)."""
         bias = getattr(self, "choice_bias_", None)
         if bias is None or not self.marginal_rows:
-            return {}
-        now, then = self._sampler_setting(), {"method": "logit", **self.choice_bias_at_}  # 0.14 files: logits
-        if all(now[k] == then[k] or (isinstance(now[k], float) and then[k] is not None
-                                     and math.isclose(now[k], then[k])) for k in now):
-            return {"choice_moves" if now["method"] == "move" else "choice_bias": bias}
+            return None
+        now, then = self._sampler_setting(), self.choice_bias_at_
+        if all(now[k] == then[k] or (now[k] is not None and then[k] is not None and math.isclose(now[k], then[k]))
+               for k in now):
+            return bias
         if warn:
             warnings.warn(f"the categorical columns' marginal correction was estimated for {then}, not {now}: "
                           "sampling without it; call correct_marginals() to estimate one for this setting",
                           UserWarning, stacklevel=4)
-        return {}
+        return None
 
     @quiet_unless_verbose
     def correct_marginals(self, n_rows: int = 1000, X=None, random_state=None) -> "DiffLMSynthesizer":
@@ -697,10 +684,8 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def _correct_marginals(self, n_rows: int, gen: torch.Generator, deadline: float) -> None:
         """Two rounds of n_rows / 2 rows each: the choice frequencies under the prior's draws, then the same
-        with the first round's correction in place. ``marginal_method="logit"``: their log ratios to the
-        training frequencies add up to ``choice_bias_`` [G, K]; ``"move"``: each round's probability moves
-        (:func:`~tabdifflm.marginals.marginal_moves`) are stacked into ``choice_bias_`` [R, 2, G, K]. Kept
-        for the sampler as it stands (``choice_bias_at_``)."""
+        with the first round's logits added; their log ratios to the training frequencies add up to
+        ``choice_bias_`` (kept for the sampler as it stands, ``choice_bias_at_``)."""
         t0 = time.monotonic()
         self.choice_bias_, self.choice_bias_at_ = None, None
         record = self.history_.setdefault("marginal_correction", {})
@@ -713,36 +698,29 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.temperature <= 0:
             record["why"] = "temperature=0 writes each latent's most likely row: no frequencies to move"
             return
-        model, move = self.row_model(), self.marginal_method == "move"
-        bias = torch.zeros(0, 2, *counts.shape) if move else torch.zeros_like(counts)
-        written = 0
+        model = self.row_model()
+        bias, written = torch.zeros_like(counts), 0
         for _ in range(2):  # the second round adds what the first left (see marginal_bias)
             stats, done = torch.zeros_like(counts), 0
-            now = {"choice_moves" if move else "choice_bias": bias} if bias.any() else {}
             while done < n_rows // 2 and time.monotonic() < deadline:
                 k = min(self.sample_batch_size, n_rows // 2 - done)
                 model.generate(self.sample_latents(k, generator=gen), self.temperature, generator=gen,
-                               choice_stats=stats, **now)
+                               choice_bias=bias if bias.any() else None, choice_stats=stats)
                 done += k
             written += done
             if done < MIN_CORRECTION_ROWS:  # too few rows to tell a column's frequencies from noise
                 break
-            if move:
-                bias = torch.cat([bias, marginal_moves(counts, stats)[None]])
-            else:
-                bias = bias + marginal_bias(counts, stats) * self.temperature
+            bias = bias + marginal_bias(counts, stats) * self.temperature
         record["rows"] = written
         if not bias.any():
             record["why"] = "max_time left too few rows" if written < n_rows else "no choice's frequency moved"
             return
         self.choice_bias_, self.choice_bias_at_ = bias, self._sampler_setting()
-        what = "moved" if move else "shift"  # the share of a choice's probability taken, or its logit shift
-        shifted = bias[:, 0][bias[:, 0] != 0] if move else bias[bias != 0].abs()
-        touched = bias[:, 0].any(0) if move else bias  # [G, K]
-        groups = touched.any(1).nonzero().flatten().numpy()  # a column's groups start at its group offset
+        shifted = bias[bias != 0].abs()
+        groups = bias.any(1).nonzero().flatten().numpy()  # a column's groups start at its group offset
         cols = sorted(set(np.searchsorted(self._grammar.group_offsets, groups, side="right") - 1))
         record.update({**self.choice_bias_at_, "columns": [self.schema_.columns[c].name for c in cols],
-                       f"mean_{what}": round(float(shifted.mean()), 4), f"max_{what}": round(float(shifted.max()), 4),
+                       "mean_shift": round(float(shifted.mean()), 4), "max_shift": round(float(shifted.max()), 4),
                        "seconds": round(time.monotonic() - t0, 1)})
 
     def _calibrate_prior(self, encoder, data: VAEData, zn: torch.Tensor, val_idx, seed: int, deadline: float,
@@ -1015,7 +993,7 @@ class DiffLMSynthesizer(BaseEstimator):
         if info is not None:
             info["constraints_in_grammar"] = [c.describe() for c in held]
         cols = self.schema_.columns
-        correction = self._active_correction(warn=True)
+        bias = self._active_choice_bias(warn=True)
         got, generated, errors = [], 0, {}
         first_round_valid = None
         bar = tqdm(total=n, desc="sample", disable=not self.verbose or not parallel.is_main(), dynamic_ncols=True)
@@ -1027,7 +1005,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 # latents a batch at a time: the first rows come at once and memory stays flat for any n
                 k = min(self.sample_batch_size, m - s)
                 z = self._guided_latents(base, k, conds, gen, hits) if conds else self.sample_latents(k, generator=gen)
-                toks = model.generate(z, self.temperature, generator=gen, **correction)
+                toks = model.generate(z, self.temperature, generator=gen, choice_bias=bias)
                 rows = []
                 for t in toks:
                     generated += 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import torch
 from sklearn.utils._param_validation import InvalidParameterError
 
 from tabdifflm import DiffLMSynthesizer
-from tabdifflm.marginals import MAX_SHIFT, MIN_VISITS, choice_counts, marginal_bias, marginal_moves, move
+from tabdifflm.marginals import MAX_SHIFT, MIN_VISITS, choice_counts, marginal_bias
 
 
 def _rows(n, seed=0):
@@ -53,27 +54,6 @@ def test_marginal_bias_is_the_log_ratio_of_frequencies_and_leaves_rare_groups_al
     assert never.abs().max() == MAX_SHIFT  # clipped
 
 
-def test_moves_give_the_training_frequencies_in_expectation_without_following_the_latent():
-    """Three rows' choice probabilities in one group, token 0 chosen too often: after the move their mean is
-    the training frequency, a row that never chooses token 0 is unchanged, and what is taken goes to the
-    tokens in short supply in the same proportions for every row (not where a row leans)."""
-    probs = torch.tensor([[0.85, 0.1, 0.05, 0.0], [0.6, 0.2, 0.2, 0.0], [0.0, 0.5, 0.5, 0.0]])  # 0: forbidden
-    target = torch.tensor([[30.0, 40.0, 30.0, 0.0]])
-    moves = marginal_moves(target * 10, probs.sum(0, keepdim=True) * 100)  # counts well above MIN_VISITS
-    assert moves.shape == (2, 1, 4) and moves[0, 0, 0] > 0 and (moves[0, 0, 1:] == 0).all()
-    out = move(probs, torch.zeros(3, dtype=torch.long), moves[None])
-    assert out.sum(1).tolist() == pytest.approx([1.0, 1.0, 1.0])
-    assert out.mean(0).tolist() == pytest.approx((target / target.sum()).flatten().tolist(), abs=0.01)
-    assert torch.allclose(out[2], probs[2])  # nothing to take from a row that does not choose token 0
-    gained = out[:2, 1:3] - probs[:2, 1:3]
-    assert torch.allclose(gained[0] / gained[0].sum(), gained[1] / gained[1].sum())
-    assert (out[:, 3] == 0).all()  # a token no source chooses gets nothing
-    # a row where the grammar forbids every token in short supply keeps its probabilities
-    only0 = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
-    assert torch.equal(move(only0, torch.zeros(1, dtype=torch.long), moves[None]), only0)
-    assert torch.equal(move(probs, torch.full((3,), -1), moves[None]), probs)  # outside any choice
-
-
 def test_fit_corrects_the_categorical_frequencies_it_writes(fitted):
     """A model pushed away from the training frequency of b (its latent head's logit for "lo" raised) is
     brought back by correct_marginals: the rows it writes are at most half as far from b's training
@@ -82,7 +62,7 @@ def test_fit_corrects_the_categorical_frequencies_it_writes(fitted):
     rec = fitted.history_["marginal_correction"]
     assert rec["rows"] == 200 and rec["columns"] == ["b"] and rec["sigma_min"] == fitted.diffusion_sigma_min_
     assert fitted.choice_bias_ is not None
-    assert fitted.choice_bias_at_ == {"sigma_min": fitted.diffusion_sigma_min_, "temperature": 1.0, "method": "logit"}
+    assert fitted.choice_bias_at_ == {"sigma_min": fitted.diffusion_sigma_min_, "temperature": 1.0}
     s = DiffLMSynthesizer.__new__(DiffLMSynthesizer)
     s.__setstate__(fitted.__getstate__())  # a copy to distort
     g, K = _first_group(s, 1), s._grammar.tables.K
@@ -120,12 +100,12 @@ def test_the_correction_is_used_only_at_the_stopping_point_it_was_estimated_for(
     loaded = DiffLMSynthesizer.load(tmp_path / "m.tdl")
     assert torch.equal(loaded.choice_bias_, fitted.choice_bias_)
     assert torch.equal(loaded.choice_counts_, fitted.choice_counts_)
-    assert loaded.choice_bias_at_ == fitted.choice_bias_at_ and loaded._active_correction()
-    del loaded.choice_bias_at_["method"]  # a file from version 0.14, whose corrections are all logits
-    assert loaded._active_correction() == {"choice_bias": loaded.choice_bias_}
+    assert loaded.choice_bias_at_ == fitted.choice_bias_at_ and loaded._active_choice_bias() is not None
     loaded.set_params(marginal_rows=0)  # 0 after fit: sample without it, and without a warning
     seen.clear()
-    loaded.sample(4, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.sample(4, random_state=0)
     assert seen == [None]
 
 
@@ -150,26 +130,3 @@ def test_marginal_rows_zero_and_differential_privacy_keep_no_correction(tiny_kwa
     dp = DiffLMSynthesizer(**{**tiny_kwargs, "dp_epsilon": 50.0, "max_epochs": 1}).fit(_rows(60))
     assert dp.choice_bias_ is None and dp.choice_counts_ is None
     assert "dp_epsilon" in dp.history_["marginal_correction"]["why"]
-
-
-def test_the_move_correction_brings_the_frequency_back(fitted):
-    """The distorted model of the test above, corrected by moving probability: estimated in one round it is
-    exact in expectation, so the rows' frequency of "hi" lands close to the training slice's."""
-    s = DiffLMSynthesizer.__new__(DiffLMSynthesizer)
-    s.__setstate__(fitted.__getstate__())
-    g, K = _first_group(s, 1), s._grammar.tables.K
-    lo = int(s._grammar.tables.to_local(torch.tensor(s._grammar.cols[1].encode("lo")[:1]))[0])
-    hi = int(s._grammar.tables.to_local(torch.tensor(s._grammar.cols[1].encode("hi")[:1]))[0])
-    with torch.no_grad():
-        s.latent_head_.bias.view(-1, K)[g, lo] += 2.0
-    s.set_params(temperature=4.0, marginal_method="move")
-    target = float(s.choice_counts_[g, hi] / s.choice_counts_[g].sum())
-    with pytest.warns(UserWarning, match="method"):  # the logits were estimated for the other method
-        off = (s.sample(400, random_state=1)["b"] == "hi").mean()
-    s.correct_marginals(400, random_state=2)
-    assert s.choice_bias_.shape == (2, 2, *s.choice_counts_.shape)  # two rounds of (leave, to)
-    assert s.history_["marginal_correction"]["method"] == "move" and s.history_["marginal_correction"]["mean_moved"] > 0
-    on = (s.sample(400, random_state=1)["b"] == "hi").mean()
-    assert abs(off - target) > 0.1 and abs(on - target) < 0.06
-    with pytest.raises(InvalidParameterError, match="marginal_method"):
-        DiffLMSynthesizer(**{**fitted.get_params(), "marginal_method": "shift"}).fit(_rows(60))
