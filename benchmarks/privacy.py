@@ -1,15 +1,15 @@
 """Attack-based privacy risks (anonymeter) beside DCR, for reference rows and synthesizers on one split.
 
-    python -m benchmarks.privacy --dataset adult --model /tmp/tdl_models/adult_quick_seed0.tdl --attacks 2000 --sample-seeds 3
+    python -m benchmarks.privacy --dataset adult --model DIR/adult_quick_seed0.tdl --attacks 2000 --sample-seeds 3
 
 The quick profile's 2,000 training rows are attacked, with its 2,000-row holdout as the control rows the
-generators never saw; ``--attacks`` each (at 2,000 every row is a target, and only the rows attacked vary
-from run to run), on ``--sample-seeds`` sets of rows from each generator. Rows compared: a copy of the training rows (the worst case),
-independent real rows from the same population (what no leak looks like), SDV's TVAE with its defaults
-(fitted here), and DiffLM from a model saved by ``benchmarks.run --save-models`` on the same rows (or
-fitted here for ``--minutes``). Each generator's rows are also scored for MLE (on the real test set, three
-classifier seeds) and column-shape / pair-trend error, so risks and usefulness come from one run. Writes
-``results/privacy_<dataset>.{json,md}``.
+generators never saw; ``--attacks`` each (at 2,000 every row is a target, so runs differ only in the
+synthetic rows), on ``--sample-seeds`` sets of rows from each generator. Rows compared: a copy of the
+training rows (the worst case), independent real rows from the same population (what no leak looks like),
+SDV's TVAE with its defaults (fitted here), and DiffLM from a model saved by ``benchmarks.run
+--save-models`` on the same rows (or fitted here for ``--minutes``). Each generator's rows are also scored
+for MLE (on the real test set, three classifier seeds) and column-shape / pair-trend error, so risks and
+usefulness come from one run. Writes ``results/privacy_<dataset>.{json,md}``.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from .mle_ablation import cpu_name
 from .run import save_results, split
 
 
+COPY, INDEPENDENT = "copy of the training rows", "independent real rows"  # real rows: one set, whatever the seed
 VARIANTS = {  # how a saved DiffLM model is sampled: set_params, and whether the correction is estimated again
     "default": ({}, False),
     "no correction": ({"marginal_rows": 0}, False),
@@ -43,15 +44,15 @@ def generators(dataset: str, model: str | None, minutes: float, seed: int = 0, s
     ds, train, holdout = split(dataset, "quick", seed)
     pool = ds.train.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     independent = pool.iloc[2 * len(train):3 * len(train)].reset_index(drop=True)
-    fixed = {"copy of the training rows": train.copy(), "independent real rows": independent}
+    fixed = {COPY: train.copy(), INDEPENDENT: independent}
     gens = {name: (lambda k, rows=rows: rows) for name, rows in fixed.items()}
     t = time.monotonic()
     tvae = METHODS["tvae"](train, 0, seed)
-    draws = {}  # TVAE draws from its global RNG: the k-th call is sampling seed k, made in order once
+    draws = []  # TVAE draws from its global RNG: the k-th call is sampling seed k, made in order once
 
     def tvae_rows(k):
         while len(draws) <= k:
-            draws[len(draws)] = tvae(len(train))[0]
+            draws.append(tvae(len(train))[0])
         return draws[k]
 
     gens["SDV TVAE, defaults"] = tvae_rows
@@ -156,8 +157,7 @@ def main(argv=None):
            "attacks": args.attacks, "attack_seeds": args.attack_seeds, "sample_seeds": args.sample_seeds,
            "variants": args.variants, "seconds": seconds, "rows": {}}
     for name, rows_for in gens.items():
-        real = name in ("copy of the training rows", "independent real rows")
-        samples = 1 if real else args.sample_seeds
+        samples = 1 if name in (COPY, INDEPENDENT) else args.sample_seeds
         runs, scores = [], []
         for k in tqdm(range(samples), desc=name, leave=False):
             t = time.monotonic()
@@ -167,7 +167,7 @@ def main(argv=None):
                      for j in range(args.attack_seeds)]
             d = dcr(syn, train, holdout)
             score = {"dcr_share": d["share_closer_to_train"], "exact_copies": d["exact_copies"]}
-            if name != "copy of the training rows":
+            if name != COPY:
                 fid = fidelity(syn, train)
                 score.update(mle=mle(syn, ds.test, ds.target, ds.task, seeds=(0, 1, 2))["mean"],
                              shapes_error=fid["column_shapes_error"], trends_error=fid["column_pair_trends_error"])
