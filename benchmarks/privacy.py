@@ -5,7 +5,8 @@
 The quick profile's 2,000 training rows are attacked, with its 2,000-row holdout as the control rows the
 generators never saw; ``--attacks`` each (at 2,000 every row is a target, so runs differ only in the
 synthetic rows), on ``--sample-seeds`` sets of rows from each generator. Rows compared: a copy of the
-training rows (the worst case), independent real rows from the same population (what no leak looks like),
+training rows (the worst case), independent real rows from the same population (what no leak looks like; a
+disjoint block of real rows a set, so their spread shows the attacks' noise),
 SDV's TVAE with its defaults (fitted here), and DiffLM from a model saved by ``benchmarks.run
 --save-models`` on the same rows (or fitted here for ``--minutes``). Each generator's rows are also scored
 for MLE (on the real test set, three classifier seeds) and column-shape / pair-trend error, so risks and
@@ -29,7 +30,7 @@ from .mle_ablation import cpu_name
 from .run import save_results, split
 
 
-COPY, INDEPENDENT = "copy of the training rows", "independent real rows"  # real rows: one set, whatever the seed
+COPY, INDEPENDENT = "copy of the training rows", "independent real rows"
 VARIANTS = {  # how a saved DiffLM model is sampled: set_params, and whether the correction is estimated again
     "default": ({}, False),
     "no correction": ({"marginal_rows": 0}, False),
@@ -37,15 +38,23 @@ VARIANTS = {  # how a saved DiffLM model is sampled: set_params, and whether the
 }
 
 
+def independent_block(pool, n: int, k: int):
+    """Set k of independent real rows: the k-th block of ``n`` rows of the shuffled pool after the first
+    2n (the training and control rows), so no two sets share a row and none is a training or control row."""
+    rows = pool.iloc[(2 + k) * n:(3 + k) * n].reset_index(drop=True)
+    if len(rows) < n:
+        raise ValueError(f"the pool has {len(pool)} rows: too few for independent set {k + 1} of {n} rows after "
+                         f"the {2 * n} training and control rows; lower --sample-seeds")
+    return rows
+
+
 def generators(dataset: str, model: str | None, minutes: float, seed: int = 0, save: str | None = None,
                variants=("default",)) -> tuple:
     """The split and, per row source, a function sampling seed -> rows (the same rows for any seed where
     the source is fixed), with the seconds each source took to set up."""
     ds, train, holdout = split(dataset, "quick", seed)
-    pool = ds.train.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    independent = pool.iloc[2 * len(train):3 * len(train)].reset_index(drop=True)
-    fixed = {COPY: train.copy(), INDEPENDENT: independent}
-    gens = {name: (lambda k, rows=rows: rows) for name, rows in fixed.items()}
+    pool = ds.train.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # as split() shuffles it
+    gens = {COPY: lambda k: train.copy(), INDEPENDENT: lambda k: independent_block(pool, len(train), k)}
     t = time.monotonic()
     tvae = METHODS["tvae"](train, 0, seed)
     draws = []  # TVAE draws from its global RNG: the k-th call is sampling seed k, made in order once
@@ -157,7 +166,7 @@ def main(argv=None):
            "attacks": args.attacks, "attack_seeds": args.attack_seeds, "sample_seeds": args.sample_seeds,
            "variants": args.variants, "seconds": seconds, "rows": {}}
     for name, rows_for in gens.items():
-        samples = 1 if name in (COPY, INDEPENDENT) else args.sample_seeds
+        samples = 1 if name == COPY else args.sample_seeds  # independent rows: disjoint blocks of the pool
         runs, scores = [], []
         for k in tqdm(range(samples), desc=name, leave=False):
             t = time.monotonic()

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from tabdifflm.datasets import load_benchmark
-from tabdifflm.metrics import dcr, dcr_distances, detection, fidelity, mle, privacy_risks, target_associations
+from tabdifflm.metrics import (contradictions, dcr, dcr_distances, detection, fidelity, mle, privacy_risks,
+                               target_associations)
 
 from .methods import METHODS
 
@@ -143,6 +144,24 @@ def save_results(stem: str, res: dict, md: str, folder: Path = RESULTS) -> None:
     print(md)
 
 
+def contradiction_table(rows: list) -> str:
+    """Share of each method's rows that break a rule the training rows keep (:func:`contradictions`), with
+    its worst-kept rules; runs from before the metric are left out."""
+    runs = [r for r in rows if r.get("status") == "ok" and "contradictions" in r]
+    if not runs:
+        return ""
+    lines = [f"Rows that contradict themselves: the share of each method's rows breaking at least one of the "
+             f"{runs[0]['contradictions']['rules']} rules \"a is v, so b is w\" that the training rows keep "
+             "(`tabdifflm.metrics.contradictions`), and the rules broken most often:", "",
+             "| method | rows breaking a rule | most broken (share of the rows with a = v) |", "|---|---|---|"]
+    for r in runs:
+        c = r["contradictions"]
+        worst = "; ".join(f"{w['if_column']}={w['if_value']} -> {w['then_column']}={w['then_value']}: "
+                          f"{w['broken'] * 100:.0f} %" for w in c["worst"])
+        lines.append(f"| {r['method']} | {c['rows'] * 100:.1f} % | {worst} |")
+    return "\n".join(lines) + "\n"
+
+
 def privacy_table(rows: list) -> str:
     """Anonymeter's risks per method, where they were measured."""
     runs = [r for r in rows if r.get("status") == "ok" and "error" not in r.get("privacy", {"error": ""})]
@@ -181,6 +200,9 @@ def score(syn, ds, train, holdout, mle_seeds, distances=None, privacy=True) -> d
     out = {"mle": mle(syn, ds.test, ds.target, ds.task, seeds=tuple(range(mle_seeds))),
            "fidelity": fidelity(syn, train), "dcr": dcr(syn, train, holdout, distances=distances),
            "detection": detection(syn, train), "target_association": target_associations(syn, ds.target, ds.task)}
+    c = contradictions(syn, train)
+    out["contradictions"] = {"rows": c["rows"], "rules": c["rules"],
+                             "worst": c["per_rule"].dropna().head(3).to_dict("records")}
     if not privacy:
         return out
     try:  # anonymeter's attacks, the holdout as control rows (an optional extra)
@@ -238,9 +260,10 @@ def run_dataset(name, methods, profile, seed=0, merge=False, save_models=None):
             result["runs"] = rows = kept + rows
             suffix = "_" + "_".join(methods)
     path.write_text(json.dumps(result, indent=1, default=float))
-    privacy = privacy_table(rows)
+    privacy, contradicting = privacy_table(rows), contradiction_table(rows)
     (out_dir / f"{name}.md").write_text(markdown(name, profile, rows) + "\n" +
                                         association_table(result["target_association_train"], rows, ds.target) +
+                                        ("\n" + contradicting if contradicting else "") +
                                         ("\n" + privacy if privacy else ""))
     if synthetic:
         figures(name + suffix, train, synthetic, dists, out_dir)

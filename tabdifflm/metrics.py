@@ -333,6 +333,58 @@ def target_associations(df: pd.DataFrame, target, task: str) -> dict:
     return out
 
 
+def implied_values(real: pd.DataFrame, min_support: float = 0.01, min_confidence: float = 0.99,
+                   min_expected: float = 10, max_values: int = 50) -> pd.DataFrame:
+    """The rules "column a is v, so column b is w" that the real rows keep: one row per rule with ``if_column``,
+    ``if_value``, ``then_column``, ``then_value``, ``support`` (share of real rows with a = v) and
+    ``confidence`` (share of those with b = w).
+
+    Only columns with at most ``max_values`` distinct values take part (categories, flags, small integer
+    codes such as Adult's ``education-num``); missing values are a value. A rule needs ``support`` of at least
+    ``min_support`` and ``confidence`` of at least ``min_confidence``, and must say more than chance: the rows
+    with a = v would hold at least ``min_expected`` rows with another b if b were independent of a (so "9th
+    grade, so no capital loss", true of 31 rows where 95 % of all rows have none, is no rule).
+    """
+    cols = [c for c in real.columns if 1 < real[c].nunique(dropna=False) <= max_values]
+    text = {c: real[c].astype(str) for c in cols}
+    n, rules = len(real), []
+    for a in cols:
+        for b in cols:
+            if a == b:
+                continue
+            tab = pd.crosstab(text[a], text[b])  # [values of a, values of b]
+            top, count, total = tab.idxmax(1), tab.max(1), tab.sum(1)
+            base = text[b].value_counts().reindex(top.to_numpy()).to_numpy() / n  # share of all rows with b = w
+            keep = ((total >= min_support * n) & (count >= min_confidence * total)
+                    & (total * (1 - base) >= min_expected))
+            rules += [(a, v, b, top[v], total[v] / n, count[v] / total[v]) for v in keep.index[keep]]
+    return pd.DataFrame(rules, columns=["if_column", "if_value", "then_column", "then_value", "support",
+                                        "confidence"])
+
+
+def contradictions(synthetic: pd.DataFrame, real: pd.DataFrame, rules: pd.DataFrame | None = None, **kwargs) -> dict:
+    """How often synthetic rows break what the real rows keep (:func:`implied_values`): a wife who is male,
+    an ``education`` of 10th with an ``education-num`` other than 6.
+
+    Returns {"rows": share of synthetic rows that break at least one rule, "rules": number of rules,
+    "per_rule": the rules with ``broken``, the share of synthetic rows with a = v whose b is not w (NaN where
+    none has a = v), worst first}. Real rows from the same population score about 1 - confidence per rule;
+    a generator that draws columns independently given its latent scores far more. ``rules``: the result of
+    :func:`implied_values` if already computed; ``kwargs`` go to it otherwise.
+    """
+    rules = implied_values(real, **kwargs) if rules is None else rules
+    broken_any = np.zeros(len(synthetic), dtype=bool)
+    broken = []
+    for r in rules.itertuples(index=False):
+        has = (synthetic[r.if_column].astype(str) == r.if_value).to_numpy()
+        bad = has & (synthetic[r.then_column].astype(str) != r.then_value).to_numpy()
+        broken_any |= bad
+        broken.append(bad.sum() / has.sum() if has.any() else np.nan)
+    per_rule = rules.assign(broken=broken).sort_values("broken", ascending=False, na_position="last")
+    return {"rows": float(broken_any.mean()) if len(synthetic) else 0.0, "rules": len(rules),
+            "per_rule": per_rule.reset_index(drop=True)}
+
+
 def reconstruction(real: pd.DataFrame, rebuilt: pd.DataFrame) -> pd.DataFrame:
     """How well each column of ``real`` comes back in ``rebuilt`` (the same rows, e.g.
     ``synth.decode(synth.encode(real), temperature=0)``): one row per column.

@@ -38,12 +38,25 @@ class LatentLogitHead(nn.Module):
     With ``numbers`` (a :class:`~tabdifflm.numbers.NumberHead`, reading the hidden layer) the table ends
     with each number column's mixture parameters, and the digit logits they imply are added to the choices
     inside numbers.
+
+    With ``read_rank > 0`` the head also holds a read-out of the frozen decoder's hidden state (``read_dim``
+    wide), a rank-``read_rank`` map to logits (:meth:`read`, zero at the start). The latent's logits depend
+    on the latent alone, so without it every column is drawn independently of the columns already written
+    given the latent, and all of a row's coherence (a wife is female, education 10th is education-num 6)
+    must be carried by the latent; a sampler stopped early returns a blend of nearby latents and breaks it.
+    The decoder's hidden state has read the row so far, so the read-out can carry what the columns written
+    say about the next one.
     """
 
     def __init__(self, latent_dim: int, n_groups: int, n_tokens: int, hidden: int = 0, context: bool = False,
-                 numbers: NumberHead | None = None):
+                 numbers: NumberHead | None = None, read_dim: int = 0, read_rank: int = 0):
         super().__init__()
         self.numbers = numbers  # reads the hidden layer (or the latent); its parameters end the table
+        self.reader = None
+        if read_rank:
+            self.reader = nn.Sequential(nn.Linear(read_dim, read_rank, bias=False), nn.Linear(read_rank, n_tokens))
+            nn.init.zeros_(self.reader[1].weight)  # a fresh read-out adds nothing
+            nn.init.zeros_(self.reader[1].bias)
         self.weight = nn.Parameter(torch.zeros(n_groups * n_tokens, latent_dim))
         self.bias = nn.Parameter(torch.zeros(n_groups * n_tokens))
         self.shape = (n_groups, n_tokens)
@@ -72,6 +85,10 @@ class LatentLogitHead(nn.Module):
         if self.numbers is not None:
             parts.append(self.numbers(z if self.hidden is None else F.silu(pre)))
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    def read(self, h: torch.Tensor) -> torch.Tensor:
+        """Decoder hidden states h [N, H] -> the read-out's logits [N, K] (needs ``read_rank > 0``)."""
+        return self.reader(h.float())
 
     def _hidden_part(self, table: torch.Tensor) -> torch.Tensor:
         """The context head's hidden-layer input [B, H] in the table."""
@@ -145,7 +162,7 @@ class RowModel(nn.Module):
     # -- logits ------------------------------------------------------------------------------------------
     def logits(self, h: torch.Tensor, states: torch.Tensor, table: torch.Tensor | None = None,
                rows: torch.Tensor | None = None, prev: torch.Tensor | None = None,
-               cells: Cells | None = None) -> torch.Tensor:
+               cells: Cells | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Masked logits of choices over the sub-vocabulary.
 
         h [N, H]: decoder hidden states (after the final norm) that predict the next token; states [N]: the
@@ -153,7 +170,8 @@ class RowModel(nn.Module):
         [N] the batch row of each choice (default: row n is choice n). Returns float32 [N, K], -inf where
         the state forbids the token. prev [N]: the sub-vocabulary id of the token written before each
         choice (``K`` for none), and cells [N] where each sits in its number (:meth:`number_cells`), which
-        the latent head reads (:meth:`LatentLogitHead.choice_logits`).
+        the latent head reads (:meth:`LatentLogitHead.choice_logits`). keep [B] (training's latent dropout):
+        1 where a batch row's latent logits count, 0 where the row is written without them.
         """
         logits = F.linear(h, self.head_weight, self.head_bias).float()
         if self.softcap:
@@ -161,7 +179,10 @@ class RowModel(nn.Module):
         if table is not None:
             rows = torch.arange(len(h), device=h.device) if rows is None else rows
             groups = self.grammar.group[states].clamp(min=0)
-            logits = logits + self.latent_head.choice_logits(table, rows, groups, prev, cells)
+            head = self.latent_head.choice_logits(table, rows, groups, prev, cells)
+            logits = logits + (head if keep is None else head * keep.to(head)[rows, None])
+        if self.latent_head is not None and self.latent_head.reader is not None:
+            logits = logits + self.latent_head.read(h)
         return self._masked(logits, states)
 
     def _masked(self, logits, states):
@@ -198,15 +219,16 @@ class RowModel(nn.Module):
         return torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
 
     # -- training ----------------------------------------------------------------------------------------
-    def forward(self, z: torch.Tensor, toks: torch.Tensor, states: torch.Tensor, valid: torch.Tensor):
+    def forward(self, z: torch.Tensor, toks: torch.Tensor, states: torch.Tensor, valid: torch.Tensor,
+                keep: torch.Tensor | None = None):
         """Teacher-forced NLL of every real choice of each row given its latent.
 
         z [B, D]; toks/states/valid [B, L] (decoder tokens, grammar state before each, padding mask). Only
         positions with more than one allowed token count, and the softmax runs over the tokens the grammar
-        allows (the distribution the sampler draws from). Returns (nll [M] in nats, row [M], column [M])
-        for the M choices of the batch.
+        allows (the distribution the sampler draws from). keep [B] or None: latent dropout (:meth:`logits`).
+        Returns (nll [M] in nats, row [M], column [M]) for the M choices of the batch.
         """
-        return self.nll_given(self.latent_inputs(z), toks, states, valid)
+        return self.nll_given({**self.latent_inputs(z), "keep": keep}, toks, states, valid)
 
     def latent_inputs(self, z: torch.Tensor) -> dict:
         """What the latent z [B, D] feeds the frozen decoder and the logits: ``prefix`` [B, P, H], ``offset``
@@ -232,7 +254,7 @@ class RowModel(nn.Module):
         h = h[:, inj.n_prefix - 1:]  # the hidden state that predicts token j sits at P - 1 + j
         bi, ji, st = self._choices(states, valid)
         logits = self.logits(h[bi, ji], st, parts["table"], bi, self.tokens_before(toks, bi, ji),
-                             self.number_cells(toks, states, bi, ji))
+                             self.number_cells(toks, states, bi, ji), parts.get("keep"))
         return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
 
     def head_nll(self, z, toks, states, valid):
@@ -416,11 +438,13 @@ class RowVAE(nn.Module):
         return nll.mean()
 
     def forward(self, input_ids, attention_mask, features, toks, states, valid, eps, beta: float = 0.0,
-                heads_only: bool = False) -> VAEOutput:
+                heads_only: bool = False, keep: torch.Tensor | None = None) -> VAEOutput:
         """One batch: encoder inputs (input_ids, attention_mask [B, T], features [B, F] or None), decoder
         targets (toks, states, valid [B, L]) and the reparameterisation noise eps [B, D] (zeros: the
         posterior means). ``heads_only`` runs the text encoder's backbone without gradients and skips the
         decoder: the cheap auxiliary step that trains the encoder head and the latent head on the head's CE.
+        keep [B] (latent dropout): 0 for rows whose reconstruction is scored without the latent's logits,
+        so the decoder and its read-out learn to write a coherent row from the columns written so far.
         """
         dev = self.rows.device
         input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
@@ -437,7 +461,7 @@ class RowVAE(nn.Module):
         if self.aux_weight or heads_only:
             head = self.rows.head_nll(z, toks, states, valid)  # (nll [M], row [M], column [M])
             loss = loss + self.aux_weight * self._average(*head, B)
-        choices = head if heads_only else self.rows(z, toks, states, valid)
+        choices = head if heads_only else self.rows(z, toks, states, valid, keep)
         if not heads_only:
             loss = loss + self._average(*choices, B)
         nll = torch.zeros(B, device=choices[0].device).index_add(0, choices[1], choices[0])

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import (dcr, dcr_distances, detection, fidelity, mle, privacy_risks, sdmetrics_metadata,
-                      target_associations)
+from .metrics import (contradictions, dcr, dcr_distances, detection, fidelity, mle, privacy_risks,
+                      sdmetrics_metadata, target_associations)
 from .schema import check_frame
 
 
@@ -27,7 +27,9 @@ def guess_task(y: pd.Series) -> str:
 
 def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, target=None, test: pd.DataFrame | None = None,
              holdout: pd.DataFrame | None = None, task: str | None = None, privacy: bool = True) -> dict:
-    """Every metric the inputs allow, as a dict: fidelity and detection always; DCR with ``holdout`` (real
+    """Every metric the inputs allow, as a dict: fidelity, detection and contradictions (the share of
+    synthetic rows breaking a rule "a is v, so b is w" that the real rows keep, with the rules broken most,
+    :func:`tabdifflm.metrics.contradictions`) always; DCR with ``holdout`` (real
     rows the generator never saw), and with it anonymeter's attack-based risks (singling out, linkability,
     inference of ``target`` or the last column; ``privacy=False`` skips them; see
     :func:`tabdifflm.metrics.privacy_risks`); MLE (a model trained on synthetic vs on real rows, scored on
@@ -47,6 +49,9 @@ def _evaluate(real, synthetic, target, test, holdout, task, privacy) -> tuple[di
     distances = None
     out = {"rows": {"real": len(real), "synthetic": len(syn)}, "fidelity": fidelity(syn, real),
            "detection": detection(syn, real)}
+    c = contradictions(syn, real)
+    out["contradictions"] = {"rows": c["rows"], "rules": c["rules"],
+                             "worst": c["per_rule"].dropna().head(5).to_dict("records")}
     try:
         from sdmetrics.reports.single_table import DiagnosticReport
 
@@ -152,6 +157,12 @@ def _rows(res: dict) -> list[tuple[str, str]]:
             ("SDMetrics Column Shapes (1 = same distributions)", f"{f['column_shapes']:.3f}"),
             ("SDMetrics Column Pair Trends (1 = same correlations)", f"{f['column_pair_trends']:.3f}"),
             ("Detection (1 = a classifier cannot tell them apart)", f"{res['detection']:.3f}")]
+    c = res.get("contradictions")
+    if c:
+        worst = "; ".join(f"{w['if_column']}={w['if_value']} -> {w['then_column']}={w['then_value']} "
+                          f"({w['broken'] * 100:.0f} %)" for w in c["worst"][:3])
+        rows.append((f"Rows breaking one of the {c['rules']} rules the real rows keep (a is v, so b is w; real "
+                     "rows: about 0)", f"{c['rows']:.3f}" + (f": {worst}" if worst else "")))
     for k, v in res.get("diagnostic", {}).items():
         rows.append((f"SDMetrics diagnostic: {k}", f"{v:.3f}" if isinstance(v, float) else str(v)))
     if "dcr" in res:

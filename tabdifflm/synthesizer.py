@@ -44,8 +44,8 @@ MIN_PROBE_ROWS = 20  # fewer validation rows than this: the memorisation gap is 
 PROBE_ROWS = 64  # training rows scored at each evaluation for the gap
 DP_DIFFUSION_BATCH = 128  # expected Poisson batch of the prior's DP-SGD steps (at most half the rows)
 LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hidden": 0,
-                 "latent_head_context": False, "number_head": 0, "aux_weight": 0.0,
-                 "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
+                 "latent_head_context": False, "latent_readout": 0, "latent_dropout": 0.0, "number_head": 0,
+                 "aux_weight": 0.0, "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
                  "memorisation_gap": None, "diffusion_learning_rate": 1e-3,
                  "privacy_sample": 0, "diffusion_sigma_min": SIGMA_MIN, "marginal_rows": 0}
 MIN_CORRECTION_ROWS = 64  # a marginal correction round with fewer rows than this is not used
@@ -138,6 +138,18 @@ class DiffLMSynthesizer(BaseEstimator):
         written as a mix of both (199, 000). Off by default: on Beijing PM2.5 it cut the pair-trend error
         from 4.4 to 0.6 % but left MLE where it was and widened the target-association gap
         (docs/design.md).
+    latent_readout : int
+        Rank of a trained read-out of the frozen decoder's hidden state, added to the latent head's logits
+        (0 = none; used only with ``latent_head=True``). The latent head's logits depend on the latent
+        alone, so each column is drawn without regard to the columns already written and the latent must
+        carry all of a row's coherence; a latent between training rows (a sampler stopped early) then
+        writes rows that contradict themselves (Adult: a wife who is male, education 10th with
+        education-num 9). The decoder's hidden state has read the row so far, so the read-out can carry
+        what written columns say about the next. Trained by ``latent_dropout``; not under ``dp_epsilon``.
+    latent_dropout : float in [0, 1)
+        Share of each training batch's rows reconstructed without the latent head's logits (the decoder
+        and its read-out alone), which teaches the read-out the dependencies between columns: with the
+        latent present it explains every column of a training row by itself.
     number_head : int
         Mixture components of the number head (0 = none; used only with ``latent_head=True`` and
         fixed-width numbers). It gives each number column one distribution over its value from the latent
@@ -265,6 +277,8 @@ class DiffLMSynthesizer(BaseEstimator):
         "latent_head": ["boolean"], "row_features": ["boolean"],
         "latent_head_hidden": [Interval(numbers.Integral, 0, None, closed="left")],
         "latent_head_context": ["boolean"],
+        "latent_readout": [Interval(numbers.Integral, 0, None, closed="left")],
+        "latent_dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "number_head": [Interval(numbers.Integral, 0, None, closed="left")],
         "aux_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "aux_steps": [Interval(numbers.Integral, 0, None, closed="left")],
@@ -302,7 +316,7 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
-                 latent_head_hidden=256, latent_head_context=False, number_head=4, aux_weight=1.0, aux_steps=10,
+                 latent_head_hidden=256, latent_head_context=False, latent_readout=0, latent_dropout=0.0, number_head=4, aux_weight=1.0, aux_steps=10,
                  aux_stop_gap=0.05, row_features=True, column_loss="column",
                  max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, memorisation_gap=0.15,
                  privacy_sample=200, dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
@@ -323,6 +337,8 @@ class DiffLMSynthesizer(BaseEstimator):
         self.latent_head = latent_head
         self.latent_head_hidden = latent_head_hidden
         self.latent_head_context = latent_head_context
+        self.latent_readout = latent_readout
+        self.latent_dropout = latent_dropout
         self.number_head = number_head
         self.aux_weight = aux_weight
         self.aux_steps = aux_steps
@@ -381,6 +397,9 @@ class DiffLMSynthesizer(BaseEstimator):
         if self.dp_epsilon is not None and self.latent_head and self.latent_head_hidden and self.latent_head_context:
             raise ValueError("dp_epsilon does not support latent_head_context=True (the per-row gradients pass "
                              "through the latent head's table, which the token before does not reach)")
+        if self.dp_epsilon is not None and self.latent_head and self.latent_readout:
+            raise ValueError("dp_epsilon does not support latent_readout > 0 (the read-out's gradients come "
+                             "from the decoder's hidden states, which the per-row gradients do not reach)")
         if self.dp_epsilon is not None and parallel.launched():
             raise ValueError("dp_epsilon does not run under torchrun: fit with differential privacy in one process")
         for name in ("aux_weight", "max_beta", "max_time", "learning_rate", "diffusion_learning_rate", "temperature",
@@ -439,7 +458,8 @@ class DiffLMSynthesizer(BaseEstimator):
                     numbers = NumberHead(self._grammar, self.latent_head_hidden or self.latent_dim, self.number_head)
                 head = LatentLogitHead(self.latent_dim, self._grammar.n_groups, self._grammar.K,
                                        hidden=self.latent_head_hidden, context=self.latent_head_context,
-                                       numbers=numbers).to(device)
+                                       numbers=numbers, read_dim=self._decoder.get_input_embeddings().weight.shape[1],
+                                       read_rank=self.latent_readout).to(device)
         ref = {"decoder": self.decoder if self.decoder is not None else DEFAULT_DECODER, "resolved": dec_src,
                "fingerprint": dec_fp, "dtype": str(dtype).replace("torch.", "")}
         return (encoder, injector, head, adapter, ref,
@@ -585,7 +605,8 @@ class DiffLMSynthesizer(BaseEstimator):
             encoder_learning_rate=self.encoder_learning_rate, max_beta=self.max_beta, min_beta=self.min_beta,
             eval_every=self.eval_every, aux_steps=int(self.aux_steps), aux_stop_gap=self.aux_stop_gap,
             probe_idx=probe_idx,
-            memorisation_gap=self.memorisation_gap if probe_idx is not None else None, dp=ledger, generator=gen,
+            memorisation_gap=self.memorisation_gap if probe_idx is not None else None,
+            latent_dropout=float(self.latent_dropout) if self.latent_head else 0.0, dp=ledger, generator=gen,
             verbose=self.verbose)
 
         # the prior learns the training slice only: the validation rows stay unseen by every stage, so

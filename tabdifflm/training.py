@@ -79,7 +79,7 @@ def evaluate_nll(vae: RowVAE, data: VAEData, idx, batch_size):
 def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
               beta_patience=2, eval_every=25, aux_steps=0, aux_stop_gap=None, probe_idx=None,
-              memorisation_gap=None,
+              memorisation_gap=None, latent_dropout=0.0,
               dp=None, generator=None, verbose=True, log=None):
     """Train the VAE's encoder, injector and latent logit head against its frozen decoder (:class:`RowVAE`
     computes the loss: CE + aux_weight x head CE + beta x KL).
@@ -102,6 +102,11 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     two such evaluations in a row. With ``aux_stop_gap`` the heads-only steps end for good once a gap is
     above it (they pass over the training rows ``aux_steps`` times faster than the decoder steps, and so
     learn them by heart first); that evaluation's record says so (``aux_stopped``).
+
+    ``latent_dropout``: the share of each batch's rows scored without the latent's logits (the decoder and
+    the latent head's read-out of it alone), so they learn to write a row that holds together from the
+    columns already written (:class:`~tabdifflm.model.LatentLogitHead`). Their NLL counts in the training
+    NLL of ``history``; validation and probe rows are always scored with the latent.
 
     Differential privacy: with ``dp`` (a :class:`~tabdifflm.dp.PrivacyLedger` whose stage "vae" is planned)
     every step, decoder and heads-only alike, is a DP-SGD step on a Poisson batch of the training rows (the
@@ -152,7 +157,10 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
         if private is not None:
             return run_private(heads_only)
         eps = parallel.shard(torch.randn(len(part), latent_dim, generator=generator))
-        out = net(*data.batch(parallel.shard(part).tolist()), eps, beta, heads_only)
+        keep = None  # latent dropout: drawn only when asked, so fits without it keep their random stream
+        if latent_dropout and not heads_only:
+            keep = parallel.shard((torch.rand(len(part), generator=generator) >= latent_dropout).float())
+        out = net(*data.batch(parallel.shard(part).tolist()), eps, beta, heads_only, keep)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -1,6 +1,8 @@
 """The benchmark runner end to end on seconds-long settings: every record and file it promises."""
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from benchmarks import run as bench
@@ -37,6 +39,8 @@ def test_runner_records_every_method_and_reports_failures(tiny_profile):
     for f, v in saved["target_association_train"].items():
         assert real["target_association"][f] == pytest.approx(v, abs=0.03)
     assert "Association of each feature with `class`" in table and "| gaussian_copula |" in table
+    # training rows break only the exceptions a rule allows (at most 1 % of the rows with a = v)
+    assert real["contradictions"]["rows"] <= 0.01 and "Rows that contradict themselves" in table
     for fig in ("magic_columns.png", "magic_dcr.png", "magic_corr_diff.png"):
         assert (tiny_profile / "test" / fig).stat().st_size > 1000
 
@@ -83,3 +87,30 @@ def test_privacy_benchmark_pools_sets_of_rows_with_the_unclipped_residual():
     table = markdown({"secret": "income", "sample_seeds": 2, "attack_seeds": 2,
                       "rows": {"m": {**out, "dcr_share": 0.5, "exact_copies": 0}}})
     assert "0.040 (0.000-0.070; 0/4); +0.035 ± 0.025" in table and "2 sets of rows x 2 attack seeds" in table
+
+
+def test_privacy_benchmark_independent_sets_are_disjoint_blocks_after_train_and_control():
+    """Each set of independent real rows is its own block of the pool: no row of the training or control
+    rows, no row shared between sets; a pool too small for a set is an error naming the set."""
+    from benchmarks.privacy import independent_block
+
+    pool = pd.DataFrame({"id": np.arange(50)})
+    sets = [independent_block(pool, 10, k)["id"].tolist() for k in range(3)]
+    assert sets[0] == list(range(20, 30)) and sets[2] == list(range(40, 50))
+    assert len(set(sum(sets, []))) == 30
+    with pytest.raises(ValueError, match="independent set 4 of 10 rows"):
+        independent_block(pool, 10, 3)
+
+
+def test_coherence_benchmark_reads_settings_and_tables_its_rows():
+    from benchmarks.coherence import markdown, settings
+
+    assert settings("default=") == ("default", {})
+    assert settings("readout=latent_readout=64,latent_dropout=0.25,injection=kv_memory") == (
+        "readout", {"latent_readout": 64, "latent_dropout": 0.25, "injection": "kv_memory"})
+    worst = [{"if_column": "relationship", "if_value": "Wife", "then_column": "sex", "then_value": "Female",
+              "broken": 0.383}]
+    table = markdown({"rules": 30, "rows": {"m": {"contradicting_rows": 0.4236, "worst": worst, "mle": 0.8704,
+                                                  "shapes_error": 4.79, "trends_error": 9.72, "dcr_share": 0.5525}}})
+    assert "| m | 42.4 % | 0.870 | 4.79 / 9.72 | 55.2 % | relationship=Wife -> sex=Female: 38 % |" in table
+    assert "30 rules" in table

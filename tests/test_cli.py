@@ -129,6 +129,7 @@ def test_report_writes_a_page_with_its_figures(tmp_path, mixed_df):
     assert "![report_columns](report_columns.png)" in md
     assert 0 <= res["fidelity"]["column_shapes"] <= 1 and "share_closer_to_train" in res["dcr"]
     assert set(res["mle"]) == {"synthetic", "real"}
+    assert 0 <= res["contradictions"]["rows"] <= 1 and "rules the real rows keep" in page
     with pytest.raises(ValueError, match="nope"):
         report(real, syn, target="nope", out=tmp_path / "x")
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tabdifflm.datasets import load_benchmark, split_holding_all_categories
-from tabdifflm.metrics import MLE_GRID, dcr, detection, fidelity, mle
+from tabdifflm.metrics import MLE_GRID, contradictions, dcr, detection, fidelity, implied_values, mle
 
 SMALL_GRID = [dict(n_estimators=50, min_child_weight=1, max_depth=5, gamma=0),
               dict(n_estimators=10, min_child_weight=10, max_depth=10, gamma=1)]
@@ -89,3 +89,33 @@ def test_split_reseeds_until_train_has_every_category():
     df = pd.DataFrame({"c": ["rare"] + ["x"] * 19, "v": range(20)})
     train, test = split_holding_all_categories(df, test_size=0.5, seed=0)
     assert "rare" in set(train["c"])
+
+
+def test_contradictions_count_rows_that_break_what_the_real_rows_keep():
+    """A rule the real rows keep (wife -> female, level -> code) is found and a chance one (a rare group
+    whose flag is the common value anyway) is not; rows from the same population break next to nothing,
+    rows with each column drawn on its own break the rules often."""
+    rng = np.random.default_rng(0)
+
+    def population(n):
+        rel = rng.choice(["Husband", "Wife", "Child"], n, p=[0.45, 0.1, 0.45])
+        sex = np.where(rel == "Husband", "Male", np.where(rel == "Wife", "Female", rng.choice(["Male", "Female"], n)))
+        level = rng.choice(["low", "mid", "high"], n)
+        code = pd.Series(level).map({"low": 1, "mid": 2, "high": 3}).to_numpy()
+        rare = rng.choice(["a", "b"], n, p=[0.02, 0.98])
+        flag = rng.random(n) < 0.97
+        return pd.DataFrame({"rel": rel, "sex": sex, "level": level, "code": code, "rare": rare, "flag": flag})
+
+    real = population(2000)
+    rules = implied_values(real)
+    found = set(zip(rules.if_column, rules.if_value, rules.then_column, rules.then_value))
+    assert {("rel", "Wife", "sex", "Female"), ("rel", "Husband", "sex", "Male"), ("level", "mid", "code", "2"),
+            ("code", "3", "level", "high")} <= found
+    assert not any(r[0] == "rare" or r[2] == "flag" for r in found)  # 40 rows, 1 exception expected: chance
+    same = contradictions(population(2000), real, rules)
+    assert same["rows"] == 0.0 and same["rules"] == len(rules)
+    independent = real.apply(lambda c: rng.permutation(c.to_numpy()))  # every column on its own
+    broken = contradictions(independent, real, rules)
+    assert broken["rows"] > 0.5
+    wife = broken["per_rule"].query("if_value == 'Wife' and then_column == 'sex'")["broken"].item()
+    assert wife == pytest.approx((independent.loc[independent.rel == "Wife", "sex"] != "Female").mean())

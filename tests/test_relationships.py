@@ -289,3 +289,76 @@ def test_hidden_latent_head_starts_neutral_trains_and_round_trips(tiny_kwargs, m
     back = DiffLMSynthesizer.load(tmp_path / "m.tdl")
     assert back.latent_head_hidden == 8 and back.latent_head_context
     pd.testing.assert_frame_equal(s.sample(6, random_state=1), back.sample(6, random_state=1))
+
+
+def test_read_out_starts_neutral_and_dropped_rows_ignore_the_latent(tiny_decoder, batch):
+    """A fresh read-out adds nothing; it is trained through the decoder's NLL; a row dropped by latent
+    dropout is scored without the latent head's logits (its NLL does not move with them), the others with."""
+    g, (toks, sts, valid) = batch
+    inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
+    plain = LatentLogitHead(6, g.n_groups, g.K)
+    read = LatentLogitHead(6, g.n_groups, g.K, read_dim=32, read_rank=4)
+    read.load_state_dict({**plain.state_dict(), **{k: v for k, v in read.state_dict().items() if "reader" in k}})
+    z = torch.randn(4, 6)
+    a, _ = reconstruction_nll(RowModel(tiny_decoder, inj, g, plain), z, toks, sts, valid)
+    model = RowModel(tiny_decoder, inj, g, read)
+    b, _ = reconstruction_nll(model, z, toks, sts, valid)
+    torch.testing.assert_close(a, b)
+    b.sum().backward()
+    assert read.reader[1].weight.grad.abs().sum() > 0
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
+
+    def per_row():
+        nll, rows, _ = model(z, toks, sts, valid, keep)
+        return torch.zeros(4).index_add(0, rows, nll.detach())
+
+    before = per_row()
+    with torch.no_grad():
+        read.weight.normal_(0, 5)
+    after = per_row()
+    assert torch.equal(before[[1, 3]], after[[1, 3]]) and not torch.allclose(before[[0, 2]], after[[0, 2]])
+
+
+def test_read_out_learns_a_column_from_the_columns_written_before_it(tiny_decoder, smol_tokenizer):
+    """b copies a. With the latent dropped for every row, the latent head cannot help, so only the read-out
+    of the decoder's hidden state (which has read a) can make greedy rows with b = a: before training about
+    half are, after it (nearly) all."""
+    df = pd.DataFrame({"a": ["red", "blue"] * 32, "b": ["red", "blue"] * 32, "c": ["x", "y", "y", "x"] * 16})
+    s = infer_schema(df)
+    g = RowGrammar(RowFormat("values", s, "fixed"), smol_tokenizer)
+    enc = [g.encode(r) for r in frame_rows(df, s)]
+    toks, sts, valid = pad_batch([e[0] for e in enc], [e[1] for e in enc], g.done)
+    inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
+    torch.manual_seed(0)
+    head = LatentLogitHead(6, g.n_groups, g.K, read_dim=32, read_rank=8)
+    model = RowModel(tiny_decoder, inj, g, head)
+    z, keep = torch.zeros(64, 6), torch.zeros(64)
+
+    def agree():
+        gen = torch.Generator().manual_seed(0)
+        rows = [g.decode(r) for r in model.generate(torch.randn(200, 6, generator=gen), generator=gen)]
+        return np.mean([r[0] == r[1] for r in rows])
+
+    start = agree()
+    opt = torch.optim.Adam(head.reader.parameters(), lr=0.05)
+    for _ in range(60):
+        nll, _, _ = model(z, toks, sts, valid, keep)
+        opt.zero_grad()
+        nll.mean().backward()
+        opt.step()
+    assert start < 0.75 and agree() > 0.95
+
+
+def test_latent_read_out_is_a_parameter_that_fits_round_trips_and_refuses_dp(tiny_kwargs, mixed_df, tmp_path):
+    rng = np.random.default_rng(0)  # a table the tiny model learns (its best validation state is not the first)
+    df = pd.DataFrame({"age": rng.integers(18, 80, 40), "city": rng.choice(["a", "b"], 40)})
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "latent_readout": 4, "latent_dropout": 0.5}).fit(df)
+    assert s.latent_head_.reader[1].weight.abs().sum() > 0  # trained away from zero
+    s.save(tmp_path / "m.tdl")
+    back = DiffLMSynthesizer.load(tmp_path / "m.tdl")
+    assert back.latent_readout == 4 and back.latent_dropout == 0.5
+    pd.testing.assert_frame_equal(s.sample(6, random_state=1), back.sample(6, random_state=1))
+    with pytest.raises(ValueError, match="latent_dropout"):
+        DiffLMSynthesizer(**{**tiny_kwargs, "latent_dropout": 1.0}).fit(mixed_df)
+    with pytest.raises(ValueError, match="latent_readout > 0"):
+        DiffLMSynthesizer(**{**tiny_kwargs, "latent_readout": 4, "dp_epsilon": 3.0}).fit(mixed_df)
