@@ -5,10 +5,10 @@
 
 Each DiffLM setting is fitted on the quick profile's 2,000 training rows (``--minutes`` each, seed 0; saved
 with ``--save-models``) or loaded (``--model NAME=PATH``), and writes 2,000 rows (sampling seed 0) at its
-calibrated stopping point and at each ``--sigma`` (with the marginal correction estimated there). Every set of rows is scored for the share of rows that
-break a rule the training rows keep (:func:`tabdifflm.metrics.contradictions`), MLE on the real test set
-(three classifier seeds), column-shape and pair-trend error and the DCR share. Writes
-``results/coherence_<dataset>.{json,md}``.
+calibrated stopping point and at each ``--sigma`` (with the marginal correction estimated there). Every set
+of rows is scored for the share of rows that break a rule the training rows keep
+(:func:`tabdifflm.metrics.contradictions`), MLE on the real test set (three classifier seeds), column-shape
+and pair-trend error and the DCR share. Writes ``results/coherence_<dataset>.{json,md}``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from tabdifflm import DiffLMSynthesizer
-from tabdifflm.metrics import contradictions, dcr_distances, fidelity, implied_values, mle
+from tabdifflm.metrics import contradiction_summary, dcr_distances, fidelity, implied_values, mle, rule_label
 
 from .methods import METHODS
 from .mle_ablation import cpu_name
@@ -44,10 +44,10 @@ def settings(text: str) -> tuple[str, dict]:
 
 def scores(rows, ds, train, holdout, rules) -> dict:
     """One set of rows -> contradictions (share of rows and the three most broken rules), MLE, errors, DCR."""
-    c = contradictions(rows, train, rules)
+    c = contradiction_summary(rows, train, rules)
     d_tr, d_ho = dcr_distances(rows, train, holdout)
     fid = fidelity(rows, train)
-    return {"contradicting_rows": c["rows"], "worst": c["per_rule"].dropna().head(3).to_dict("records"),
+    return {"contradicting_rows": c["rows"], "worst": c["worst"],
             "mle": mle(rows, ds.test, ds.target, ds.task, seeds=(0, 1, 2))["mean"],
             "shapes_error": fid["column_shapes_error"], "trends_error": fid["column_pair_trends_error"],
             "dcr_share": float(np.mean(d_tr < d_ho))}
@@ -57,8 +57,7 @@ def markdown(res: dict) -> str:
     lines = ["| rows | breaking a rule | MLE | shapes / trends err % | DCR closer to train | most broken rules |",
              "|---|---|---|---|---|---|"]
     for name, r in res["rows"].items():
-        worst = "; ".join(f"{w['if_column']}={w['if_value']} -> {w['then_column']}={w['then_value']}: "
-                          f"{w['broken'] * 100:.0f} %" for w in r["worst"])
+        worst = "; ".join(f"{rule_label(w)}: {w['broken'] * 100:.0f} %" for w in r["worst"])
         lines.append(f"| {name} | {r['contradicting_rows'] * 100:.1f} % | {r['mle']:.3f} | {r['shapes_error']:.2f} / "
                      f"{r['trends_error']:.2f} | {r['dcr_share'] * 100:.1f} % | {worst} |")
     lines.append(f"\n{res['rules']} rules \"a is v, so b is w\" kept by the training rows (at least 1 % of them with "

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from tabdifflm.datasets import load_benchmark
-from tabdifflm.metrics import (contradictions, dcr, dcr_distances, detection, fidelity, mle, privacy_risks,
-                               target_associations)
+from tabdifflm.metrics import (contradiction_summary, dcr, dcr_distances, detection, fidelity, mle, privacy_risks,
+                               rule_label, target_associations)
 
 from .methods import METHODS
 
@@ -156,8 +156,7 @@ def contradiction_table(rows: list) -> str:
              "| method | rows breaking a rule | most broken (share of the rows with a = v) |", "|---|---|---|"]
     for r in runs:
         c = r["contradictions"]
-        worst = "; ".join(f"{w['if_column']}={w['if_value']} -> {w['then_column']}={w['then_value']}: "
-                          f"{w['broken'] * 100:.0f} %" for w in c["worst"])
+        worst = "; ".join(f"{rule_label(w)}: {w['broken'] * 100:.0f} %" for w in c["worst"])
         lines.append(f"| {r['method']} | {c['rows'] * 100:.1f} % | {worst} |")
     return "\n".join(lines) + "\n"
 
@@ -200,9 +199,7 @@ def score(syn, ds, train, holdout, mle_seeds, distances=None, privacy=True) -> d
     out = {"mle": mle(syn, ds.test, ds.target, ds.task, seeds=tuple(range(mle_seeds))),
            "fidelity": fidelity(syn, train), "dcr": dcr(syn, train, holdout, distances=distances),
            "detection": detection(syn, train), "target_association": target_associations(syn, ds.target, ds.task)}
-    c = contradictions(syn, train)
-    out["contradictions"] = {"rows": c["rows"], "rules": c["rules"],
-                             "worst": c["per_rule"].dropna().head(3).to_dict("records")}
+    out["contradictions"] = contradiction_summary(syn, train)
     if not privacy:
         return out
     try:  # anonymeter's attacks, the holdout as control rows (an optional extra)

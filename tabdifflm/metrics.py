@@ -347,6 +347,7 @@ def implied_values(real: pd.DataFrame, min_support: float = 0.01, min_confidence
     """
     cols = [c for c in real.columns if 1 < real[c].nunique(dropna=False) <= max_values]
     text = {c: real[c].astype(str) for c in cols}
+    shares = {c: t.value_counts() / len(real) for c, t in text.items()}  # each value's share of all rows
     n, rules = len(real), []
     for a in cols:
         for b in cols:
@@ -354,7 +355,7 @@ def implied_values(real: pd.DataFrame, min_support: float = 0.01, min_confidence
                 continue
             tab = pd.crosstab(text[a], text[b])  # [values of a, values of b]
             top, count, total = tab.idxmax(1), tab.max(1), tab.sum(1)
-            base = text[b].value_counts().reindex(top.to_numpy()).to_numpy() / n  # share of all rows with b = w
+            base = shares[b].reindex(top.to_numpy()).to_numpy()  # share of all rows with b = w
             keep = ((total >= min_support * n) & (count >= min_confidence * total)
                     & (total * (1 - base) >= min_expected))
             rules += [(a, v, b, top[v], total[v] / n, count[v] / total[v]) for v in keep.index[keep]]
@@ -373,16 +374,30 @@ def contradictions(synthetic: pd.DataFrame, real: pd.DataFrame, rules: pd.DataFr
     :func:`implied_values` if already computed; ``kwargs`` go to it otherwise.
     """
     rules = implied_values(real, **kwargs) if rules is None else rules
+    text = {c: synthetic[c].astype(str).to_numpy() for c in {*rules.if_column, *rules.then_column}}
     broken_any = np.zeros(len(synthetic), dtype=bool)
     broken = []
     for r in rules.itertuples(index=False):
-        has = (synthetic[r.if_column].astype(str) == r.if_value).to_numpy()
-        bad = has & (synthetic[r.then_column].astype(str) != r.then_value).to_numpy()
+        has = text[r.if_column] == r.if_value
+        bad = has & (text[r.then_column] != r.then_value)
         broken_any |= bad
         broken.append(bad.sum() / has.sum() if has.any() else np.nan)
     per_rule = rules.assign(broken=broken).sort_values("broken", ascending=False, na_position="last")
     return {"rows": float(broken_any.mean()) if len(synthetic) else 0.0, "rules": len(rules),
             "per_rule": per_rule.reset_index(drop=True)}
+
+
+def contradiction_summary(synthetic: pd.DataFrame, real: pd.DataFrame, rules: pd.DataFrame | None = None,
+                          worst: int = 3) -> dict:
+    """:func:`contradictions` as plain data for a result file: {"rows", "rules", "worst": the ``worst``
+    most broken rules (among those some synthetic row meets) as dicts}."""
+    c = contradictions(synthetic, real, rules)
+    return {"rows": c["rows"], "rules": c["rules"], "worst": c["per_rule"].dropna().head(worst).to_dict("records")}
+
+
+def rule_label(rule: dict) -> str:
+    """One rule of :func:`implied_values` (a row of it as a dict) as text: ``a=v -> b=w``."""
+    return f"{rule['if_column']}={rule['if_value']} -> {rule['then_column']}={rule['then_value']}"
 
 
 def reconstruction(real: pd.DataFrame, rebuilt: pd.DataFrame) -> pd.DataFrame:

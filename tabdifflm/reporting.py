@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import (contradictions, dcr, dcr_distances, detection, fidelity, mle, privacy_risks,
-                      sdmetrics_metadata, target_associations)
+from .metrics import (contradiction_summary, dcr, dcr_distances, detection, fidelity, mle, privacy_risks,
+                      rule_label, sdmetrics_metadata, target_associations)
 from .schema import check_frame
 
 
@@ -49,9 +49,7 @@ def _evaluate(real, synthetic, target, test, holdout, task, privacy) -> tuple[di
     distances = None
     out = {"rows": {"real": len(real), "synthetic": len(syn)}, "fidelity": fidelity(syn, real),
            "detection": detection(syn, real)}
-    c = contradictions(syn, real)
-    out["contradictions"] = {"rows": c["rows"], "rules": c["rules"],
-                             "worst": c["per_rule"].dropna().head(5).to_dict("records")}
+    out["contradictions"] = contradiction_summary(syn, real, worst=5)
     try:
         from sdmetrics.reports.single_table import DiagnosticReport
 
@@ -159,8 +157,7 @@ def _rows(res: dict) -> list[tuple[str, str]]:
             ("Detection (1 = a classifier cannot tell them apart)", f"{res['detection']:.3f}")]
     c = res.get("contradictions")
     if c:
-        worst = "; ".join(f"{w['if_column']}={w['if_value']} -> {w['then_column']}={w['then_value']} "
-                          f"({w['broken'] * 100:.0f} %)" for w in c["worst"][:3])
+        worst = "; ".join(f"{rule_label(w)} ({w['broken'] * 100:.0f} %)" for w in c["worst"][:3])
         rows.append((f"Rows breaking one of the {c['rules']} rules the real rows keep (a is v, so b is w; real "
                      "rows: about 0)", f"{c['rows']:.3f}" + (f": {worst}" if worst else "")))
     for k, v in res.get("diagnostic", {}).items():

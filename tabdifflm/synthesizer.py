@@ -316,7 +316,8 @@ class DiffLMSynthesizer(BaseEstimator):
 
     def __init__(self, encoder=None, decoder=None, injection="soft_prompt", n_soft_tokens=8, n_prefix_tokens=8,
                  latent_dim=64, serialization="values", number_format="auto", latent_head=True,
-                 latent_head_hidden=256, latent_head_context=False, latent_readout=0, latent_dropout=0.0, number_head=4, aux_weight=1.0, aux_steps=10,
+                 latent_head_hidden=256, latent_head_context=False, latent_readout=0, latent_dropout=0.0,
+                 number_head=4, aux_weight=1.0, aux_steps=10,
                  aux_stop_gap=0.05, row_features=True, column_loss="column",
                  max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, memorisation_gap=0.15,
                  privacy_sample=200, dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
