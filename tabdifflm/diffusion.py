@@ -90,6 +90,15 @@ def sample_heun(net, n: int, dim: int, steps: int = 50, sigma_min: float = 0.002
     return x
 
 
+@torch.no_grad()
+def blend_latents(net, z: torch.Tensor, sigma: float, generator=None) -> torch.Tensor:
+    """What the sampler stopped at ``sigma`` returns near each latent: D(z + sigma * noise; sigma), a weighted
+    mean of the training latents around z. z [N, D] in the prior's units -> [N, D] on the CPU."""
+    x = z + sigma * torch.randn(z.shape, generator=generator)
+    dev = next(net.parameters()).device
+    return torch.cat([denoise(net, c.to(dev), sigma).cpu() for c in x.split(4096)])
+
+
 def _half_counts_above(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Per point of x, twice the number of ref values above it plus the number equal to it (ties count
     half, kept in integers so sums are exact). x [n], ref [m] -> [n]."""

@@ -40,10 +40,12 @@ def fidelity(synthetic: pd.DataFrame, real_train: pd.DataFrame) -> dict:
     real = real_train.rename(columns=str)
     syn = synthetic.rename(columns=str)[list(real.columns)]
     report = QualityReport()
-    prop = report._properties.get("Column Pair Trends")
-    if prop is not None:  # SDMetrics >= 0.27 skips weakly related pairs unless these are 0
-        prop.real_correlation_threshold = 0
-        prop.real_association_threshold = 0
+    # SDMetrics >= 0.27 scores only strongly related pairs (the rest get no score) unless these are 0: the
+    # report's own values (0.32) are copied onto the property when it generates, so set both
+    for holder in (report, report._properties.get("Column Pair Trends")):
+        if holder is not None and hasattr(holder, "real_correlation_threshold"):
+            holder.real_correlation_threshold = 0
+            holder.real_association_threshold = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report.generate(real, syn, sdmetrics_metadata(real), verbose=False)

@@ -39,8 +39,9 @@ class LatentLogitHead(nn.Module):
     with each number column's mixture parameters, and the digit logits they imply are added to the choices
     inside numbers.
 
-    With ``read_rank > 0`` the head also holds a read-out of the frozen decoder's hidden state (``read_dim``
-    wide), a rank-``read_rank`` map to logits (:meth:`read`, zero at the start). The latent's logits depend
+    With ``read_width > 0`` the head also holds a read-out of the frozen decoder's hidden state (``read_dim``
+    wide): a network with one hidden layer ``read_width`` wide from it to logits (:meth:`read`, zero at the
+    start). The latent's logits depend
     on the latent alone, so without it every column is drawn independently of the columns already written
     given the latent, and all of a row's coherence (a wife is female, education 10th is education-num 6)
     must be carried by the latent; a sampler stopped early returns a blend of nearby latents and breaks it.
@@ -49,14 +50,12 @@ class LatentLogitHead(nn.Module):
     """
 
     def __init__(self, latent_dim: int, n_groups: int, n_tokens: int, hidden: int = 0, context: bool = False,
-                 numbers: NumberHead | None = None, read_dim: int = 0, read_rank: int = 0):
+                 numbers: NumberHead | None = None, read_dim: int = 0, read_width: int = 0):
         super().__init__()
         self.numbers = numbers  # reads the hidden layer (or the latent); its parameters end the table
         self.reader = None
-        if read_rank:
-            self.reader = nn.Sequential(nn.Linear(read_dim, read_rank, bias=False), nn.Linear(read_rank, n_tokens))
-            nn.init.zeros_(self.reader[1].weight)  # a fresh read-out adds nothing
-            nn.init.zeros_(self.reader[1].bias)
+        if read_width:
+            self.reader = self.make_reader(read_dim, read_width, n_tokens)
         self.weight = nn.Parameter(torch.zeros(n_groups * n_tokens, latent_dim))
         self.bias = nn.Parameter(torch.zeros(n_groups * n_tokens))
         self.shape = (n_groups, n_tokens)
@@ -86,8 +85,20 @@ class LatentLogitHead(nn.Module):
             parts.append(self.numbers(z if self.hidden is None else F.silu(pre)))
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
+    @staticmethod
+    def make_reader(read_dim: int, width: int, n_tokens: int, linear: bool = False) -> nn.Module:
+        """A fresh read-out [N, read_dim] -> [N, n_tokens] that adds nothing: one SiLU hidden layer ``width``
+        wide, or (``linear``, as version 0.16 built it) a rank-``width`` linear map."""
+        if linear:
+            reader = nn.Sequential(nn.Linear(read_dim, width, bias=False), nn.Linear(width, n_tokens))
+        else:
+            reader = nn.Sequential(nn.Linear(read_dim, width), nn.SiLU(), nn.Linear(width, n_tokens))
+        nn.init.zeros_(reader[-1].weight)
+        nn.init.zeros_(reader[-1].bias)
+        return reader
+
     def read(self, h: torch.Tensor) -> torch.Tensor:
-        """Decoder hidden states h [N, H] -> the read-out's logits [N, K] (needs ``read_rank > 0``)."""
+        """Decoder hidden states h [N, H] -> the read-out's logits [N, K] (needs ``read_width > 0``)."""
         return self.reader(h.float())
 
     def _hidden_part(self, table: torch.Tensor) -> torch.Tensor:
@@ -162,7 +173,7 @@ class RowModel(nn.Module):
     # -- logits ------------------------------------------------------------------------------------------
     def logits(self, h: torch.Tensor, states: torch.Tensor, table: torch.Tensor | None = None,
                rows: torch.Tensor | None = None, prev: torch.Tensor | None = None,
-               cells: Cells | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+               cells: Cells | None = None, keep: torch.Tensor | None = None, read: bool = True) -> torch.Tensor:
         """Masked logits of choices over the sub-vocabulary.
 
         h [N, H]: decoder hidden states (after the final norm) that predict the next token; states [N]: the
@@ -171,7 +182,8 @@ class RowModel(nn.Module):
         the state forbids the token. prev [N]: the sub-vocabulary id of the token written before each
         choice (``K`` for none), and cells [N] where each sits in its number (:meth:`number_cells`), which
         the latent head reads (:meth:`LatentLogitHead.choice_logits`). keep [B] (training's latent dropout):
-        1 where a batch row's latent logits count, 0 where the row is written without them.
+        1 where a batch row's latent logits count, 0 where the row is written without them. ``read=False``
+        leaves out the latent head's read-out of h (what the read-out's own training adds to).
         """
         logits = F.linear(h, self.head_weight, self.head_bias).float()
         if self.softcap:
@@ -181,7 +193,7 @@ class RowModel(nn.Module):
             groups = self.grammar.group[states].clamp(min=0)
             head = self.latent_head.choice_logits(table, rows, groups, prev, cells)
             logits = logits + (head if keep is None else head * keep.to(head)[rows, None])
-        if self.latent_head is not None and self.latent_head.reader is not None:
+        if read and self.latent_head is not None and self.latent_head.reader is not None:
             logits = logits + self.latent_head.read(h)
         return self._masked(logits, states)
 
@@ -215,8 +227,7 @@ class RowModel(nn.Module):
 
     def _target_nll(self, logits, toks):
         """Masked logits [M, K] and the decoder tokens written [M] -> NLL of each [M]."""
-        target = self.grammar.to_local(toks)
-        return torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
+        return choice_nll(logits, self.grammar.to_local(toks))
 
     # -- training ----------------------------------------------------------------------------------------
     def forward(self, z: torch.Tensor, toks: torch.Tensor, states: torch.Tensor, valid: torch.Tensor,
@@ -241,6 +252,17 @@ class RowModel(nn.Module):
 
     def nll_given(self, parts: dict, toks, states, valid):
         """:meth:`forward` from the latent's inputs (:meth:`latent_inputs`) instead of the latent."""
+        _, logits, target, bi, cols = self.choice_view(parts, toks, states, valid)
+        return choice_nll(logits, target), bi, cols
+
+    def choice_view(self, parts: dict, toks, states, valid, read: bool = True):
+        """Every real choice of a teacher-forced batch as the sampler meets it.
+
+        parts: :meth:`latent_inputs` of the batch's latents (with ``keep`` for latent dropout); toks/states/
+        valid [B, L] as in :meth:`forward`. Returns the decoder's hidden state before each choice h [M, H], the
+        masked logits [M, K] (``read=False``: without the latent head's read-out of h), the token written
+        [M] (sub-vocabulary id), and the batch row [M] and column [M] of each choice.
+        """
         dev = self.device
         toks, states, valid = toks.to(dev), states.to(dev), valid.to(dev)
         inj = self.injector
@@ -253,9 +275,10 @@ class RowModel(nn.Module):
         h, _ = run_base(self.decoder.base_model, x, memory)
         h = h[:, inj.n_prefix - 1:]  # the hidden state that predicts token j sits at P - 1 + j
         bi, ji, st = self._choices(states, valid)
-        logits = self.logits(h[bi, ji], st, parts["table"], bi, self.tokens_before(toks, bi, ji),
-                             self.number_cells(toks, states, bi, ji), parts.get("keep"))
-        return self._target_nll(logits, toks[bi, ji]), bi, self.grammar.column[st]
+        h = h[bi, ji]  # [M, H]
+        logits = self.logits(h, st, parts["table"], bi, self.tokens_before(toks, bi, ji),
+                             self.number_cells(toks, states, bi, ji), parts.get("keep"), read)
+        return h, logits, self.grammar.to_local(toks[bi, ji]), bi, self.grammar.column[st]
 
     def head_nll(self, z, toks, states, valid):
         """NLL of every choice under the latent logit head alone (no decoder pass): the auxiliary loss that
@@ -389,6 +412,11 @@ class RowModel(nn.Module):
                 h = h[:, -1]
         toks = g.vocab[out].tolist()
         return [row[:n] for row, n in zip(toks, length.tolist())]
+
+
+def choice_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Masked logits [M, K] and the sub-vocabulary id written at each choice [M] -> NLL of each [M] (nats)."""
+    return torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
 
 
 def cell_means(nll, rows, cols, n_rows: int, n_cols: int):

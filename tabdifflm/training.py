@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from . import parallel
 from .diffusion import MLPDenoiser, edm_loss, edm_noise, edm_terms
-from .model import RowVAE, VAEOutput, column_balanced_mean  # noqa: F401  (column_balanced_mean: re-exported)
+from .model import RowVAE, VAEOutput, choice_nll, column_balanced_mean  # noqa: F401  (column_balanced_mean: re-exported)
 
 
 def pad_batch(seqs: list[list[int]], states: list[list[int]], done_state: int):
@@ -348,3 +348,85 @@ def train_diffusion(latents: torch.Tensor, *, steps: int, deadline: float, batch
         history.append({"step": step, "loss": round(ema, 4)})
     net.eval()
     return net, history
+
+
+@torch.no_grad()
+def _choice_views(model, data: VAEData, idx: list, z: torch.Tensor, deadline: float, bar, batch_size: int = 64):
+    """Teacher-forced passes of rows idx under latents z [len(idx), D] (until ``deadline``): the decoder's
+    hidden state before each choice [M, H], the logits without the read-out [M, K] and the token written [M]."""
+    hs, logits, targets = [], [], []
+    for s in range(0, len(idx), batch_size):
+        if time.monotonic() > deadline:
+            break
+        *_, toks, states, valid = data.batch(idx[s:s + batch_size])
+        h, lg, target, _, _ = model.choice_view(model.latent_inputs(z[s:s + batch_size].to(model.device)),
+                                                toks, states, valid, read=False)
+        hs.append(h.float().cpu())
+        logits.append(lg.cpu())
+        targets.append(target.cpu())
+        bar.update(len(toks))
+    if not hs:
+        return None
+    return torch.cat(hs), torch.cat(logits), torch.cat(targets)
+
+
+def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx: list, val_z: torch.Tensor, *,
+                  deadline: float, max_epochs: int = 60, patience: int = 5, batch_size: int = 1024, lr: float = 1e-3,
+                  generator=None, verbose: bool = False):
+    """Train the latent head's read-out of the decoder's hidden state (``model.latent_head.reader``) to write
+    training rows from the latents the sampler gives near them, everything else frozen.
+
+    The VAE reconstructs a row from its own latent, which says every column; the sampler returns blends of
+    nearby latents, from which the latent head alone writes each column of another neighbour. Here the
+    read-out learns, from the row written so far, what the blend leaves open (a wife is female).
+    ``train_z``: one or more draws of such latents [len(train_idx), D] for the training rows, ``val_z``
+    [len(val_idx), D] for the validation rows, on which the mean NLL per choice picks the best epoch.
+    The decoder runs once per row and draw; the epochs then cost little. Returns (history, why stopped).
+    """
+    reader = model.latent_head.reader
+    total = len(train_idx) * len(train_z) + len(val_idx)
+    with tqdm(total=total, desc="read-out: rows", disable=not verbose or not parallel.is_main(),
+              dynamic_ncols=True) as bar:
+        val = _choice_views(model, data, val_idx, val_z, deadline, bar)
+        parts = [_choice_views(model, data, train_idx, z, deadline, bar) for z in train_z]
+    parts = [p for p in parts if p is not None]
+    if val is None or not parts:
+        return [], "time budget"
+    h, base, target = (torch.cat(t) for t in zip(*parts))
+    dev = next(reader.parameters()).device
+
+    def mean_nll(rd, hh, bb, tt):  # hidden [M, H], logits without the read-out [M, K], tokens [M] -> scalar
+        return choice_nll(bb.to(dev) + rd(hh.to(dev)), tt.to(dev)).mean()
+
+    with torch.no_grad():
+        start = float(choice_nll(val[1], val[2]).mean())
+    history = [{"epoch": 0, "val_nll": round(start, 4), "choices": len(target)}]
+    best, best_state, bad, why = start, copy.deepcopy(reader.state_dict()), 0, "epochs"
+    opt = torch.optim.Adam(reader.parameters(), lr=lr)
+    bar = tqdm(range(1, max_epochs + 1), desc="read-out", disable=not verbose or not parallel.is_main(),
+               dynamic_ncols=True)
+    for epoch in bar:
+        order, seen = torch.randperm(len(target), generator=generator), 0.0
+        for s in range(0, len(order), batch_size):
+            i = order[s:s + batch_size]
+            loss = mean_nll(reader, h[i], base[i], target[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += float(loss.detach()) * len(i)
+        with torch.no_grad():
+            v = float(mean_nll(reader, *val))
+        history.append({"epoch": epoch, "train_nll": round(seen / len(order), 4), "val_nll": round(v, 4)})
+        bar.set_postfix(val_nll=f"{v:.3f}")
+        if v < best - 1e-4:
+            best, best_state, bad = v, copy.deepcopy(reader.state_dict()), 0
+        else:
+            bad += 1
+        if bad >= patience:
+            why = "validation"
+            break
+        if time.monotonic() > deadline:
+            why = "time budget"
+            break
+    reader.load_state_dict(best_state)  # the best validation epoch (the start, if none beat it)
+    return history, why

@@ -119,3 +119,13 @@ def test_contradictions_count_rows_that_break_what_the_real_rows_keep():
     assert broken["rows"] > 0.5
     wife = broken["per_rule"].query("if_value == 'Wife' and then_column == 'sex'")["broken"].item()
     assert wife == pytest.approx((independent.loc[independent.rel == "Wife", "sex"] != "Female").mean())
+
+
+def test_pair_trends_score_every_pair_not_only_strongly_related_ones():
+    """Real a and b are independent (association near 0): SDMetrics' default thresholds would leave that pair
+    unscored. Synthetic rows that tie b to a must show a pair-trend error."""
+    rng = np.random.default_rng(0)
+    real = pd.DataFrame({"a": rng.choice(list("xyz"), 600), "b": rng.choice(list("uvw"), 600)})
+    tied = real.assign(b=real["a"].map({"x": "u", "y": "v", "z": "w"}))
+    assert fidelity(real.sample(frac=1.0, random_state=1), real)["column_pair_trends_error"] < 5
+    assert fidelity(tied, real)["column_pair_trends_error"] > 30

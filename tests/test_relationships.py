@@ -1,5 +1,7 @@
 """The parts that make the latent carry every column: latent logit head, column-balanced loss, row features,
 and the public latent API (encode, decode, column_nll) the diagnostic is built on."""
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from tabdifflm.model import LatentLogitHead, RowModel
 from tabdifflm.numbers import NumberHead
 from tabdifflm.schema import frame_rows, infer_schema
 from tabdifflm.serialization import RowFormat
-from tabdifflm.training import column_balanced_mean, pad_batch, reconstruction_nll
+from tabdifflm.training import VAEData, column_balanced_mean, pad_batch, reconstruction_nll, train_readout
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +299,7 @@ def test_read_out_starts_neutral_and_dropped_rows_ignore_the_latent(tiny_decoder
     g, (toks, sts, valid) = batch
     inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
     plain = LatentLogitHead(6, g.n_groups, g.K)
-    read = LatentLogitHead(6, g.n_groups, g.K, read_dim=32, read_rank=4)
+    read = LatentLogitHead(6, g.n_groups, g.K, read_dim=32, read_width=4)
     read.load_state_dict({**plain.state_dict(), **{k: v for k, v in read.state_dict().items() if "reader" in k}})
     z = torch.randn(4, 6)
     a, _ = reconstruction_nll(RowModel(tiny_decoder, inj, g, plain), z, toks, sts, valid)
@@ -305,7 +307,7 @@ def test_read_out_starts_neutral_and_dropped_rows_ignore_the_latent(tiny_decoder
     b, _ = reconstruction_nll(model, z, toks, sts, valid)
     torch.testing.assert_close(a, b)
     b.sum().backward()
-    assert read.reader[1].weight.grad.abs().sum() > 0
+    assert read.reader[-1].weight.grad.abs().sum() > 0
     keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
 
     def per_row():
@@ -330,7 +332,7 @@ def test_read_out_learns_a_column_from_the_columns_written_before_it(tiny_decode
     toks, sts, valid = pad_batch([e[0] for e in enc], [e[1] for e in enc], g.done)
     inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
     torch.manual_seed(0)
-    head = LatentLogitHead(6, g.n_groups, g.K, read_dim=32, read_rank=8)
+    head = LatentLogitHead(6, g.n_groups, g.K, read_dim=32, read_width=8)
     model = RowModel(tiny_decoder, inj, g, head)
     z, keep = torch.zeros(64, 6), torch.zeros(64)
 
@@ -349,16 +351,79 @@ def test_read_out_learns_a_column_from_the_columns_written_before_it(tiny_decode
     assert start < 0.75 and agree() > 0.95
 
 
-def test_latent_read_out_is_a_parameter_that_fits_round_trips_and_refuses_dp(tiny_kwargs, mixed_df, tmp_path):
+def test_latent_read_out_is_a_parameter_that_fits_round_trips_and_is_left_out_under_dp(tiny_kwargs, mixed_df,
+                                                                                       tmp_path):
     rng = np.random.default_rng(0)  # a table the tiny model learns (its best validation state is not the first)
     df = pd.DataFrame({"age": rng.integers(18, 80, 40), "city": rng.choice(["a", "b"], 40)})
     s = DiffLMSynthesizer(**{**tiny_kwargs, "latent_readout": 4, "latent_dropout": 0.5}).fit(df)
-    assert s.latent_head_.reader[1].weight.abs().sum() > 0  # trained away from zero
+    assert s.latent_head_.reader[-1].weight.abs().sum() > 0  # trained away from zero
+    assert s.history_["readout"] == [] and "validation rows" in s.history_["stopped"]["readout"]  # 4: too few
     s.save(tmp_path / "m.tdl")
     back = DiffLMSynthesizer.load(tmp_path / "m.tdl")
     assert back.latent_readout == 4 and back.latent_dropout == 0.5
     pd.testing.assert_frame_equal(s.sample(6, random_state=1), back.sample(6, random_state=1))
     with pytest.raises(ValueError, match="latent_dropout"):
         DiffLMSynthesizer(**{**tiny_kwargs, "latent_dropout": 1.0}).fit(mixed_df)
-    with pytest.raises(ValueError, match="latent_readout > 0"):
-        DiffLMSynthesizer(**{**tiny_kwargs, "latent_readout": 4, "dp_epsilon": 3.0}).fit(mixed_df)
+    private = DiffLMSynthesizer(**{**tiny_kwargs, "latent_readout": 4, "dp_epsilon": 3.0, "max_epochs": 1}).fit(mixed_df)
+    assert private.latent_head_.reader is None and "readout" not in private.history_
+
+
+def test_version_0_16_linear_read_out_still_loads(tiny_kwargs, tmp_path):
+    """0.16 saved a rank-r linear read-out (reader.0 without bias, reader.1); loading rebuilds that shape
+    and writes the same rows."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"age": rng.integers(18, 80, 40), "city": rng.choice(["a", "b"], 40)})
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "latent_readout": 4, "latent_dropout": 0.5}).fit(df)
+    head = s.latent_head_
+    head.reader = LatentLogitHead.make_reader(head.reader[0].in_features, 4, head.reader[-1].out_features, linear=True)
+    with torch.no_grad():
+        for p in head.reader.parameters():
+            p.normal_(0, 0.5)
+    s.save(tmp_path / "old.tdl")
+    back = DiffLMSynthesizer.load(tmp_path / "old.tdl")
+    assert len(back.latent_head_.reader) == 2 and back.latent_head_.reader[0].bias is None
+    pd.testing.assert_frame_equal(s.sample(6, random_state=1), back.sample(6, random_state=1))
+
+
+def test_read_out_stage_learns_what_blended_latents_leave_open(tiny_decoder, smol_tokenizer):
+    """train_readout with latents that say nothing of the row (as a far-stopped sampler's blend): b copies a,
+    which only the read-out of the decoder's hidden state can carry. Its validation NLL falls from the
+    start, the best epoch is kept, and greedy rows then nearly all have b = a."""
+    df = pd.DataFrame({"a": ["red", "blue", "green"] * 24, "b": ["red", "blue", "green"] * 24,
+                       "c": ["x", "y", "y", "x"] * 18})
+    s = infer_schema(df)
+    g = RowGrammar(RowFormat("values", s, "fixed"), smol_tokenizer)
+    enc = [g.encode(r) for r in frame_rows(df, s)]
+    data = VAEData(smol_tokenizer, ["x"] * len(enc), [e[0] for e in enc], [e[1] for e in enc], g.done)
+    inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
+    torch.manual_seed(0)
+    model = RowModel(tiny_decoder, inj, g, LatentLogitHead(6, g.n_groups, g.K, read_dim=32, read_width=16))
+
+    def agree():
+        gen = torch.Generator().manual_seed(0)
+        rows = [g.decode(r) for r in model.generate(torch.randn(200, 6, generator=gen), generator=gen)]
+        return np.mean([r[0] == r[1] for r in rows])
+
+    start = agree()
+    gen = torch.Generator().manual_seed(0)
+    hist, why = train_readout(model, data, list(range(60)), [torch.randn(60, 6, generator=gen) for _ in range(2)],
+                              list(range(60, 72)), torch.randn(12, 6, generator=gen), deadline=math.inf,
+                              lr=0.01, batch_size=64, generator=gen)
+    assert hist[0]["epoch"] == 0 and min(h["val_nll"] for h in hist[1:]) < hist[0]["val_nll"] - 0.15
+    assert why in ("validation", "epochs")
+    assert start < 0.6 and agree() > 0.9  # chance: 1 in 3
+
+
+def test_fit_gives_the_read_out_its_stage_with_enough_validation_rows(tiny_kwargs):
+    """With at least 20 validation rows the fit trains the read-out on blended latents after the prior: the
+    history starts at epoch 0 (the VAE's read-out) and keeps the best validation epoch."""
+    df = pd.DataFrame({"a": ["red", "blue", "green"] * 30, "b": ["red", "blue", "green"] * 30,
+                       "c": ["x", "y", "y", "x", "y", "x"] * 15})
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "validation_size": 0.3, "max_epochs": 1}).fit(df)
+    hist = s.history_["readout"]
+    assert hist[0]["epoch"] == 0 and hist[0]["choices"] > 0 and len(hist) > 1
+    assert s.history_["stopped"]["readout"] in ("validation", "epochs")
+    best = min(h["val_nll"] for h in hist)
+    assert best <= hist[0]["val_nll"]
+    assert (s.latent_head_.reader[-1].weight.abs().sum() > 0) == (best < hist[0]["val_nll"])
+    assert len(s.sample(5, random_state=0)) == 5
