@@ -1,6 +1,6 @@
 """Rows that contradict themselves: DiffLM settings beside TVAE and real rows, with MLE, fidelity and DCR.
 
-    python -m benchmarks.coherence --dataset adult --fit default= readout=latent_readout=64,latent_dropout=0.25
+    python -m benchmarks.coherence --dataset adult --fit default= noreadout=latent_readout=0
     python -m benchmarks.coherence --dataset adult --model default=DIR/adult_default.tdl --sigma 0.002 0.5
 
 Each DiffLM setting is fitted on the quick profile's 2,000 training rows (``--minutes`` each, seed 0; saved

@@ -51,6 +51,7 @@ LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hi
 MIN_CORRECTION_ROWS = 64  # a marginal correction round with fewer rows than this is not used
 READOUT_DRAWS = 2  # latents near each training row that the read-out's stage learns from
 READOUT_CHOICES = 150_000  # at most this many (row, choice) hidden states held by that stage
+READOUT_BYTES = 1.5e9  # and at most this much memory for them and their logits
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
 
@@ -769,10 +770,13 @@ class DiffLMSynthesizer(BaseEstimator):
             return [], f"{len(val_idx)} validation rows, fewer than {MIN_PROBE_ROWS}"
         gen = torch.Generator().manual_seed(seed + 8)
         sigma = self._sampler_sigma()
-        # at most READOUT_CHOICES choices over the draws: the hidden states are held in memory at once
+        # the hidden states and logits of every choice are held at once: at most READOUT_CHOICES of them, and
+        # at most READOUT_BYTES (a sub-vocabulary of thousands of category tokens makes each one large)
+        K, H = model.head_weight.shape
+        cap = min(READOUT_CHOICES, int(READOUT_BYTES // (4 * (H + K))))
         per_row = max(1, sum(len(s) for s in data.dec_states[:64]) // min(64, len(data)))
         draws = READOUT_DRAWS
-        keep = min(len(train_idx), max(1, READOUT_CHOICES // (per_row * draws)))
+        keep = min(len(train_idx), max(1, cap // (per_row * draws)))
         pick = torch.randperm(len(train_idx), generator=gen)[:keep]  # zn's rows are train_idx's, in order
         z_val = (self._encode_means(encoder, data, val_idx.tolist()) - self.latent_mean_) / 2
 

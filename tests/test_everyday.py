@@ -235,7 +235,7 @@ def test_dates_spread_over_the_span_and_keep_sub_seconds(tiny_kwargs):
     assert out.between(t.min(), t.max()).all()
     at_bounds = ((out == t.min()) | (out == t.max())).mean()
     assert at_bounds < 0.2 and out.nunique() > 20
-    assert (out.dt.microsecond != 0).mean() > 0.25  # truncated sub-seconds gave 0
+    assert (out.dt.microsecond != 0).mean() > 0.05  # truncated sub-seconds gave 0 (a tiny random model: 0.1-0.6)
 
 
 def test_a_budget_too_short_for_preparing_the_rows_is_an_error_not_an_overrun(tiny_kwargs):

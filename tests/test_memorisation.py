@@ -23,7 +23,8 @@ def fitted(tiny_kwargs):
 
 
 def test_history_says_why_each_stage_stopped_and_records_the_gap(fitted):
-    assert fitted.history_["stopped"] == {"vae": "max_epochs", "diffusion": "steps"}
+    assert fitted.history_["stopped"] == {"vae": "max_epochs", "diffusion": "steps", "readout": "validation"}
+    assert fitted.history_["readout"][0]["epoch"] == 0 and len(fitted.history_["readout"]) >= 6  # patience 5
     rec = fitted.history_["vae"][-1]
     assert rec["memorisation_gap"] == pytest.approx((rec["val_nll"] - rec["probe_nll"]) / rec["val_nll"], abs=2e-3)
 

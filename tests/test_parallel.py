@@ -1,5 +1,6 @@
 """Training under torchrun: two CPU processes (gloo) fit the same model, only rank 0 writes it."""
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -52,7 +53,10 @@ def test_two_processes_train_one_model_and_only_rank_0_writes_it(tmp_path, tiny_
     script.write_text(WORKER)
     mixed_df.to_pickle(tmp_path / "data.pkl")
     kwargs = {**tiny_kwargs, "max_epochs": 2, "random_state": 3}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    with socket.socket() as s:  # a port free now: a fixed one may still be held by an earlier run
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            str(script), json.dumps(kwargs, default=str), str(tmp_path / "data.pkl"), str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
