@@ -152,10 +152,11 @@ class DiffLMSynthesizer(BaseEstimator):
         so after the prior is trained the read-out gets a stage of its own (``history_["readout"]``): each
         training row is written from the latent the sampler, as calibrated, returns near it, and the
         read-out learns what the blend leaves open; the epoch with the best validation NLL is kept. It
-        costs one decoder pass per row and draw (two draws, at most 150,000 choices in all) and an eighth
-        of ``max_time``. On Adult it cut the rows that break a rule the real rows keep from 42 to 14 %
-        (docs/design.md, "Version 0.17"). Ignored under ``dp_epsilon`` (no read-out is built). Models
-        written by version 0.16 keep their rank-``latent_readout`` linear read-out.
+        costs one decoder pass per row and draw (two draws, rows drawn to hold at most 150,000 tokens'
+        hidden states) and an eighth of ``max_time``. On Adult it cut the rows that break a rule the real
+        rows keep from 42 to 16.5 % at a higher MLE (docs/design.md, "Version 0.17"). Ignored under
+        ``dp_epsilon`` (no read-out is built). Models written by version 0.16 keep their
+        rank-``latent_readout`` linear read-out.
     latent_dropout : float in [0, 1)
         Share of each VAE training batch's rows reconstructed without the latent head's logits (the decoder
         and its read-out alone), which also trains the read-out during the VAE stage.
@@ -774,9 +775,9 @@ class DiffLMSynthesizer(BaseEstimator):
         # at most READOUT_BYTES (a sub-vocabulary of thousands of category tokens makes each one large)
         K, H = model.head_weight.shape
         cap = min(READOUT_CHOICES, int(READOUT_BYTES // (4 * (H + K))))
+        # a row's tokens bound its choices from above (Adult: 64 tokens, 32 choices; 1,171 of 1,800 rows kept)
         per_row = max(1, sum(len(s) for s in data.dec_states[:64]) // min(64, len(data)))
-        draws = READOUT_DRAWS
-        keep = min(len(train_idx), max(1, cap // (per_row * draws)))
+        keep = min(len(train_idx), max(1, cap // (per_row * READOUT_DRAWS)))
         pick = torch.randperm(len(train_idx), generator=gen)[:keep]  # zn's rows are train_idx's, in order
         z_val = (self._encode_means(encoder, data, val_idx.tolist()) - self.latent_mean_) / 2
 
@@ -784,8 +785,9 @@ class DiffLMSynthesizer(BaseEstimator):
             out = z if sigma is None else blend_latents(self.denoiser_, z, sigma, gen)
             return out * 2 + self.latent_mean_
 
-        return train_readout(model, data, train_idx[pick].tolist(), [near(zn[pick]) for _ in range(draws)], val_idx.tolist(),
-                             near(z_val), deadline=deadline, generator=gen, verbose=self.verbose)
+        draws = [near(zn[pick]) for _ in range(READOUT_DRAWS)]
+        return train_readout(model, data, train_idx[pick].tolist(), draws, val_idx.tolist(), near(z_val),
+                             deadline=deadline, generator=gen, verbose=self.verbose)
 
     def _calibrate_prior(self, encoder, data: VAEData, zn: torch.Tensor, val_idx, seed: int, deadline: float,
                          private: bool) -> tuple:

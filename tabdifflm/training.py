@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 
 from . import parallel
 from .diffusion import MLPDenoiser, edm_loss, edm_noise, edm_terms
-from .model import RowVAE, VAEOutput, choice_nll, column_balanced_mean  # noqa: F401  (column_balanced_mean: re-exported)
+from .model import RowVAE, VAEOutput, choice_nll
+from .model import column_balanced_mean  # noqa: F401  (re-exported)
 
 
 def pad_batch(seqs: list[list[int]], states: list[list[int]], done_state: int):

@@ -364,7 +364,8 @@ def test_latent_read_out_is_a_parameter_that_fits_round_trips_and_is_left_out_un
     pd.testing.assert_frame_equal(s.sample(6, random_state=1), back.sample(6, random_state=1))
     with pytest.raises(ValueError, match="latent_dropout"):
         DiffLMSynthesizer(**{**tiny_kwargs, "latent_dropout": 1.0}).fit(mixed_df)
-    private = DiffLMSynthesizer(**{**tiny_kwargs, "latent_readout": 4, "dp_epsilon": 3.0, "max_epochs": 1}).fit(mixed_df)
+    private = DiffLMSynthesizer(**{**tiny_kwargs, "latent_readout": 4, "dp_epsilon": 3.0,
+                                   "max_epochs": 1}).fit(mixed_df)
     assert private.latent_head_.reader is None and "readout" not in private.history_
 
 
