@@ -18,12 +18,12 @@ import time
 import numpy as np
 
 from tabdifflm import DiffLMSynthesizer
-from tabdifflm.metrics import contradiction_summary, dcr_distances, fidelity, implied_values, mle, rule_label
+from tabdifflm.metrics import contradiction_summary, dcr_distances, fidelity, implied_values, mle
 
 from .methods import METHODS
 from .mle_ablation import cpu_name
 from .privacy import independent_block
-from .run import save_results, split
+from .run import save_results, split, worst_rules
 
 
 def settings(text: str) -> tuple[str, dict]:
@@ -57,9 +57,8 @@ def markdown(res: dict) -> str:
     lines = ["| rows | breaking a rule | MLE | shapes / trends err % | DCR closer to train | most broken rules |",
              "|---|---|---|---|---|---|"]
     for name, r in res["rows"].items():
-        worst = "; ".join(f"{rule_label(w)}: {w['broken'] * 100:.0f} %" for w in r["worst"])
         lines.append(f"| {name} | {r['contradicting_rows'] * 100:.1f} % | {r['mle']:.3f} | {r['shapes_error']:.2f} / "
-                     f"{r['trends_error']:.2f} | {r['dcr_share'] * 100:.1f} % | {worst} |")
+                     f"{r['trends_error']:.2f} | {r['dcr_share'] * 100:.1f} % | {worst_rules(r['worst'])} |")
     lines.append(f"\n{res['rules']} rules \"a is v, so b is w\" kept by the training rows (at least 1 % of them with "
                  "a = v, at most 1 % of those without b = w, and more than chance); a row breaking any counts once.")
     return "\n".join(lines) + "\n"

@@ -644,12 +644,15 @@ class DiffLMSynthesizer(BaseEstimator):
         else:
             self.denoiser_ = None
             self.latent_cov_ = torch.cov(zn.T) + 1e-6 * torch.eye(zn.shape[1])
+        # the validation rows' latents in the prior's units, encoded once for the calibration and the read-out
+        zn_val = None if ledger or len(val_idx) < MIN_PROBE_ROWS else \
+            (self._encode_means(encoder, data, val_idx.tolist()) - self.latent_mean_) / 2
         self.diffusion_sigma_min_, history["prior_calibration"] = self._calibrate_prior(
-            encoder, data, zn, val_idx, seed, deadline=t_start + 0.98 * budget - check_s - readout_s,
+            zn, zn_val, len(val_idx), seed, deadline=t_start + 0.98 * budget - check_s - readout_s,
             private=ledger is not None)
         if head is not None and head.reader is not None:
             history["readout"], history["stopped"]["readout"] = self._train_readout(
-                vae.rows, encoder, data, zn, train_idx, val_idx, seed, deadline=t_start + 0.98 * budget - check_s)
+                vae.rows, data, zn, zn_val, train_idx, val_idx, seed, deadline=t_start + 0.98 * budget - check_s)
         # the training rows' categorical choices, counted once: the marginal correction's target (under DP
         # the accounting does not cover them, so none are kept)
         self.choice_counts_ = None if ledger or head is None else choice_counts(
@@ -763,11 +766,12 @@ class DiffLMSynthesizer(BaseEstimator):
                        "mean_shift": round(float(shifted.mean()), 4), "max_shift": round(float(shifted.max()), 4),
                        "seconds": round(time.monotonic() - t0, 1)})
 
-    def _train_readout(self, model: RowModel, encoder, data: VAEData, zn: torch.Tensor, train_idx, val_idx,
-                       seed: int, deadline: float) -> tuple[list, str]:
+    def _train_readout(self, model: RowModel, data: VAEData, zn: torch.Tensor, zn_val: torch.Tensor | None,
+                       train_idx, val_idx, seed: int, deadline: float) -> tuple[list, str]:
         """The read-out's own stage (:func:`~tabdifflm.training.train_readout`): each training and validation
-        row paired with the latent the sampler, as it now stands, returns near the row's own."""
-        if len(val_idx) < MIN_PROBE_ROWS:  # nothing to choose the epoch on: the read-out keeps the VAE's state
+        row paired with the latent the sampler, as it now stands, returns near the row's own. zn [N, D] and
+        zn_val [M, D] (None with too few validation rows): the rows' latents in the prior's units."""
+        if zn_val is None:  # nothing to choose the epoch on: the read-out keeps the VAE's state
             return [], f"{len(val_idx)} validation rows, fewer than {MIN_PROBE_ROWS}"
         gen = torch.Generator().manual_seed(seed + 8)
         sigma = self._sampler_sigma()
@@ -779,38 +783,37 @@ class DiffLMSynthesizer(BaseEstimator):
         per_row = max(1, sum(len(s) for s in data.dec_states[:64]) // min(64, len(data)))
         keep = min(len(train_idx), max(1, cap // (per_row * READOUT_DRAWS)))
         pick = torch.randperm(len(train_idx), generator=gen)[:keep]  # zn's rows are train_idx's, in order
-        z_val = (self._encode_means(encoder, data, val_idx.tolist()) - self.latent_mean_) / 2
 
         def near(z):  # the sampler's latent near each of z [N, D] (prior units), in the VAE's units
             out = z if sigma is None else blend_latents(self.denoiser_, z, sigma, gen)
             return out * 2 + self.latent_mean_
 
         draws = [near(zn[pick]) for _ in range(READOUT_DRAWS)]
-        return train_readout(model, data, train_idx[pick].tolist(), draws, val_idx.tolist(), near(z_val),
+        return train_readout(model, data, train_idx[pick].tolist(), draws, val_idx.tolist(), near(zn_val),
                              deadline=deadline, generator=gen, verbose=self.verbose)
 
-    def _calibrate_prior(self, encoder, data: VAEData, zn: torch.Tensor, val_idx, seed: int, deadline: float,
-                         private: bool) -> tuple:
+    def _calibrate_prior(self, zn: torch.Tensor, zn_val: torch.Tensor | None, n_val: int, seed: int,
+                         deadline: float, private: bool) -> tuple:
         """The sampler's last noise level for ``diffusion_sigma_min="auto"`` -> (sigma or None, record).
 
-        zn [N, D]: the training latents the prior learnt, in its units. The validation rows' latents are
-        the unseen rows that draws are compared with (:func:`calibrate_sigma_min`)."""
+        zn [N, D]: the training latents the prior learnt, in its units; zn_val [n_val, D] (None with fewer than
+        MIN_PROBE_ROWS or under DP): the validation rows' latents, the unseen rows that draws are compared
+        with (:func:`calibrate_sigma_min`)."""
         if self.denoiser_ is None:
             return None, {"why": "prior='gaussian' has no sampler to stop"}
         if private:  # the distances read the training latents outside the DP accounting
             return SIGMA_MIN, {"sigma_min": SIGMA_MIN, "why": "dp_epsilon: not calibrated on the rows"}
-        if len(val_idx) < MIN_PROBE_ROWS:
-            return SIGMA_MIN, {"sigma_min": SIGMA_MIN, "why": f"{len(val_idx)} validation rows, fewer than "
+        if zn_val is None:
+            return SIGMA_MIN, {"sigma_min": SIGMA_MIN, "why": f"{n_val} validation rows, fewer than "
                                                               f"{MIN_PROBE_ROWS}: too few to compare with"}
-        z_val = (self._encode_means(encoder, data, val_idx.tolist()) - self.latent_mean_) / 2
-        sigma, tried = calibrate_sigma_min(self.denoiser_, zn, z_val, steps=self.diffusion_steps, seed=seed + 6,
+        sigma, tried = calibrate_sigma_min(self.denoiser_, zn, zn_val, steps=self.diffusion_steps, seed=seed + 6,
                                            deadline=deadline)
         last = tried[-1]
         why = ("the draws sit no nearer the training latents than the validation rows' latents (95 % confidence)"
                if last["upper_95"] <= 0.5 else
                f"the grid's end (stopping later costs more fidelity than it moves the rows), or the time budget, "
                f"came first (share {last['closer_than_unseen']}, upper bound {last['upper_95']})")
-        return sigma, {"sigma_min": sigma, "validation_rows": len(val_idx), "tried": tried, "why": why}
+        return sigma, {"sigma_min": sigma, "validation_rows": n_val, "tried": tried, "why": why}
 
     @staticmethod
     def _check_preparation(t_start: float, budget: float, done: int, n: int) -> None:

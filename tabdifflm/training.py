@@ -382,7 +382,8 @@ def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx:
     read-out learns, from the row written so far, what the blend leaves open (a wife is female).
     ``train_z``: one or more draws of such latents [len(train_idx), D] for the training rows, ``val_z``
     [len(val_idx), D] for the validation rows, on which the mean NLL per choice picks the best epoch.
-    The decoder runs once per row and draw; the epochs then cost little. Returns (history, why stopped).
+    The decoder runs once per row and draw; the epochs then cost little. Returns (history, why stopped);
+    history[0] is the validation NLL per choice without the read-out.
     """
     reader = model.latent_head.reader
     total = len(train_idx) * len(train_z) + len(val_idx)
@@ -429,5 +430,6 @@ def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx:
         if time.monotonic() > deadline:
             why = "time budget"
             break
-    reader.load_state_dict(best_state)  # the best validation epoch (the start, if none beat it)
+    # the best epoch; if none beats the NLL without a read-out, the read-out as the VAE stage left it
+    reader.load_state_dict(best_state)
     return history, why

@@ -417,7 +417,7 @@ def test_read_out_stage_learns_what_blended_latents_leave_open(tiny_decoder, smo
 
 def test_fit_gives_the_read_out_its_stage_with_enough_validation_rows(tiny_kwargs):
     """With at least 20 validation rows the fit trains the read-out on blended latents after the prior: the
-    history starts at epoch 0 (the VAE's read-out) and keeps the best validation epoch."""
+    history starts at epoch 0 (the NLL without the read-out) and keeps the best validation epoch."""
     df = pd.DataFrame({"a": ["red", "blue", "green"] * 30, "b": ["red", "blue", "green"] * 30,
                        "c": ["x", "y", "y", "x", "y", "x"] * 15})
     s = DiffLMSynthesizer(**{**tiny_kwargs, "validation_size": 0.3, "max_epochs": 1}).fit(df)
