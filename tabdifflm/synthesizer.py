@@ -779,9 +779,10 @@ class DiffLMSynthesizer(BaseEstimator):
         # at most READOUT_BYTES (a sub-vocabulary of thousands of category tokens makes each one large)
         K, H = model.head_weight.shape
         cap = min(READOUT_CHOICES, int(READOUT_BYTES // (4 * (H + K))))
-        # a row's tokens bound its choices from above (Adult: 64 tokens, 32 choices; 1,171 of 1,800 rows kept)
-        per_row = max(1, sum(len(s) for s in data.dec_states[:64]) // min(64, len(data)))
-        keep = min(len(train_idx), max(1, cap // (per_row * READOUT_DRAWS)))
+        # the training rows' mean count of real choices (Adult: 32 a row, so all 1,800 rows are kept)
+        choice = model.grammar.choice.cpu()
+        per_row = float(np.mean([int(choice[torch.as_tensor(data.dec_states[i])].sum()) for i in train_idx]))
+        keep = min(len(train_idx), max(1, int(cap // (max(per_row, 1.0) * READOUT_DRAWS))))
         pick = torch.randperm(len(train_idx), generator=gen)[:keep]  # zn's rows are train_idx's, in order
 
         def near(z):  # the sampler's latent near each of z [N, D] (prior units), in the VAE's units

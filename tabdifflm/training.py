@@ -382,8 +382,10 @@ def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx:
     read-out learns, from the row written so far, what the blend leaves open (a wife is female).
     ``train_z``: one or more draws of such latents [len(train_idx), D] for the training rows, ``val_z``
     [len(val_idx), D] for the validation rows, on which the mean NLL per choice picks the best epoch.
-    The decoder runs once per row and draw; the epochs then cost little. Returns (history, why stopped);
-    history[0] is the validation NLL per choice without the read-out.
+    The decoder runs once per row and draw; the epochs then cost little. Training starts from the better,
+    on the validation rows, of the read-out as the VAE stage left it and no read-out. Returns (history, why
+    stopped); history[0] is that start (``val_nll``) with both candidates' validation NLL per choice; the
+    read-out returned is the epoch with the lowest ``val_nll``, epoch 0 included.
     """
     reader = model.latent_head.reader
     total = len(train_idx) * len(train_z) + len(val_idx)
@@ -401,8 +403,14 @@ def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx:
         return choice_nll(bb.to(dev) + rd(hh.to(dev)), tt.to(dev)).mean()
 
     with torch.no_grad():
-        start = float(choice_nll(val[1], val[2]).mean())
-    history = [{"epoch": 0, "val_nll": round(start, 4), "choices": len(target)}]
+        kept = float(mean_nll(reader, *val))  # the read-out as latent dropout left it in the VAE stage
+        without = float(choice_nll(val[1], val[2]).mean())
+    if without < kept:  # that read-out hurts the blends: start from none (a zero last layer adds nothing)
+        for p in reader[-1].parameters():
+            torch.nn.init.zeros_(p)
+    start = min(kept, without)
+    history = [{"epoch": 0, "val_nll": round(start, 4), "val_nll_vae_readout": round(kept, 4),
+                "val_nll_without": round(without, 4), "choices": len(target)}]
     best, best_state, bad, why = start, copy.deepcopy(reader.state_dict()), 0, "epochs"
     opt = torch.optim.Adam(reader.parameters(), lr=lr)
     bar = tqdm(range(1, max_epochs + 1), desc="read-out", disable=not verbose or not parallel.is_main(),
@@ -430,6 +438,6 @@ def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx:
         if time.monotonic() > deadline:
             why = "time budget"
             break
-    # the best epoch; if none beats the NLL without a read-out, the read-out as the VAE stage left it
+    # the best epoch, or the start (epoch 0) if none beats it
     reader.load_state_dict(best_state)
     return history, why

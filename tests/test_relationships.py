@@ -1,11 +1,13 @@
 """The parts that make the latent carry every column: latent logit head, column-balanced loss, row features,
 and the public latent API (encode, decode, column_nll) the diagnostic is built on."""
+import copy
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 from tabdifflm import DiffLMSynthesizer
@@ -17,6 +19,7 @@ from tabdifflm.model import LatentLogitHead, RowModel
 from tabdifflm.numbers import NumberHead
 from tabdifflm.schema import frame_rows, infer_schema
 from tabdifflm.serialization import RowFormat
+from tabdifflm.synthesizer import READOUT_DRAWS
 from tabdifflm.training import VAEData, column_balanced_mean, pad_batch, reconstruction_nll, train_readout
 
 
@@ -386,10 +389,8 @@ def test_version_0_16_linear_read_out_still_loads(tiny_kwargs, tmp_path):
     pd.testing.assert_frame_equal(s.sample(6, random_state=1), back.sample(6, random_state=1))
 
 
-def test_read_out_stage_learns_what_blended_latents_leave_open(tiny_decoder, smol_tokenizer):
-    """train_readout with latents that say nothing of the row (as a far-stopped sampler's blend): b copies a,
-    which only the read-out of the decoder's hidden state can carry. Its validation NLL falls from the
-    start, the best epoch is kept, and greedy rows then nearly all have b = a."""
+def _copied_column_model(tiny_decoder, smol_tokenizer):
+    """A tiny row model, its grammar and 72 rows whose column b copies a (c is noise)."""
     df = pd.DataFrame({"a": ["red", "blue", "green"] * 24, "b": ["red", "blue", "green"] * 24,
                        "c": ["x", "y", "y", "x"] * 18})
     s = infer_schema(df)
@@ -399,6 +400,14 @@ def test_read_out_stage_learns_what_blended_latents_leave_open(tiny_decoder, smo
     inj = Injector("soft_prompt", 6, tiny_decoder, n_soft_tokens=2, n_prefix_tokens=2)
     torch.manual_seed(0)
     model = RowModel(tiny_decoder, inj, g, LatentLogitHead(6, g.n_groups, g.K, read_dim=32, read_width=16))
+    return model, g, data
+
+
+def test_read_out_stage_learns_what_blended_latents_leave_open(tiny_decoder, smol_tokenizer):
+    """train_readout with latents that say nothing of the row (as a far-stopped sampler's blend): b copies a,
+    which only the read-out of the decoder's hidden state can carry. Its validation NLL falls from the
+    start, the best epoch is kept, and greedy rows then nearly all have b = a."""
+    model, g, data = _copied_column_model(tiny_decoder, smol_tokenizer)
 
     def agree():
         gen = torch.Generator().manual_seed(0)
@@ -415,16 +424,64 @@ def test_read_out_stage_learns_what_blended_latents_leave_open(tiny_decoder, smo
     assert start < 0.6 and agree() > 0.9  # chance: 1 in 3
 
 
+def test_read_out_stage_keeps_its_start_only_where_it_was_measured_best(tiny_decoder, smol_tokenizer):
+    """The read-out the VAE stage leaves is a candidate start beside no read-out: a harmful one (large random
+    weights) is dropped for none, a useful one kept; with no epoch better than the start (lr 0), the
+    read-out returned is the start whose validation NLL epoch 0 records, and it scores that NLL."""
+    from tabdifflm.training import _choice_views
+    from tabdifflm.model import choice_nll
+    model, g, data = _copied_column_model(tiny_decoder, smol_tokenizer)
+    gen = torch.Generator().manual_seed(0)
+    train_z, val_z = [torch.randn(60, 6, generator=gen)], torch.randn(12, 6, generator=gen)
+
+    def run(**kw):
+        return train_readout(model, data, list(range(60)), train_z, list(range(60, 72)), val_z,
+                             deadline=math.inf, batch_size=64, generator=torch.Generator().manual_seed(1), **kw)
+
+    def val_nll():  # the validation NLL per choice of the read-out as it now is
+        h, base, target = _choice_views(model, data, list(range(60, 72)), val_z, math.inf, tqdm(disable=True))
+        with torch.no_grad():
+            return float(choice_nll(base + model.latent_head.read(h), target).mean())
+
+    last = model.latent_head.reader[-1]
+    with torch.no_grad():
+        last.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(2))
+    hist, _ = run(lr=0.0, max_epochs=2)
+    assert hist[0]["val_nll_vae_readout"] > hist[0]["val_nll_without"] == hist[0]["val_nll"]
+    assert last.weight.abs().sum() == 0 and val_nll() == pytest.approx(hist[0]["val_nll"], abs=1e-3)
+    run(lr=0.01, max_epochs=40)  # a useful read-out, then the same lr-0 stage again: it stays
+    trained = copy.deepcopy(model.latent_head.reader.state_dict())
+    hist, _ = run(lr=0.0, max_epochs=2)
+    assert hist[0]["val_nll_vae_readout"] < hist[0]["val_nll_without"] - 0.1
+    assert hist[0]["val_nll"] == hist[0]["val_nll_vae_readout"] == pytest.approx(val_nll(), abs=1e-3)
+    assert all(torch.equal(v, trained[k]) for k, v in model.latent_head.reader.state_dict().items())
+
+
+def test_read_out_stage_holds_as_many_rows_as_its_cap_of_choices_allows(tiny_kwargs, monkeypatch):
+    """The cap counts choices (not tokens, which a row has more of): with room for 60 choices, the stage keeps
+    60 // (choices a row x draws) training rows."""
+    import tabdifflm.synthesizer as synth
+    monkeypatch.setattr(synth, "READOUT_CHOICES", 60)
+    df = pd.DataFrame({"a": ["red", "blue", "green"] * 30, "b": ["red", "blue", "green"] * 30,
+                       "c": ["x", "y", "y", "x", "y", "x"] * 15})
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "validation_size": 0.3, "max_epochs": 1}).fit(df)
+    per_row = s.choices_per_row_
+    assert s.tokens_per_row_ > per_row
+    assert s.history_["readout"][0]["choices"] == READOUT_DRAWS * (60 // (per_row * READOUT_DRAWS)) * per_row
+
+
 def test_fit_gives_the_read_out_its_stage_with_enough_validation_rows(tiny_kwargs):
     """With at least 20 validation rows the fit trains the read-out on blended latents after the prior: the
-    history starts at epoch 0 (the NLL without the read-out) and keeps the best validation epoch."""
+    history starts at epoch 0 (the better of the VAE stage's read-out and none) and keeps the best epoch."""
     df = pd.DataFrame({"a": ["red", "blue", "green"] * 30, "b": ["red", "blue", "green"] * 30,
                        "c": ["x", "y", "y", "x", "y", "x"] * 15})
     s = DiffLMSynthesizer(**{**tiny_kwargs, "validation_size": 0.3, "max_epochs": 1}).fit(df)
     hist = s.history_["readout"]
     assert hist[0]["epoch"] == 0 and hist[0]["choices"] > 0 and len(hist) > 1
     assert s.history_["stopped"]["readout"] in ("validation", "epochs")
-    best = min(h["val_nll"] for h in hist)
-    assert best <= hist[0]["val_nll"]
-    assert (s.latent_head_.reader[-1].weight.abs().sum() > 0) == (best < hist[0]["val_nll"])
+    start = hist[0]  # every training row, twice (two blends each): the row cap is far off
+    n_train = len(df) - 27  # validation_size 0.3 of 90 rows
+    assert start["choices"] == READOUT_DRAWS * n_train * s.choices_per_row_
+    assert start["val_nll"] == min(start["val_nll_vae_readout"], start["val_nll_without"])
+    assert min(h["val_nll"] for h in hist) <= start["val_nll"]
     assert len(s.sample(5, random_state=0)) == 5
