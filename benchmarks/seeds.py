@@ -30,7 +30,9 @@ def markdown(dataset: str, runs: list, metric: str) -> str:
     lines = [f"### {dataset}: defaults refitted with several seeds (quick profile rows; MLE {metric}, "
              "mean ± std over 3 classifier seeds)", "",
              "| method | fit seed | version | fit s | VAE steps (why it stopped) | sampler stops at | MLE | shapes err % | "
-             "trends err % | DCR closer to train | exact copies |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "trends err % | DCR closer to train | exact copies | breaking a rule |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    broken = lambda r: r["contradictions"]["rows"] * 100  # noqa: E731  (recorded since 0.16)
     key = lambda r: (r.get("method", "difflm"), r["version"])  # noqa: E731  (runs before --method are DiffLM's)
     for r in sorted(runs, key=lambda r: (*key(r), r["seed"])):
         sigma = "" if r.get("sigma_min") is None else f"{r['sigma_min']:g}"  # not recorded before 0.12's first runs
@@ -38,14 +40,16 @@ def markdown(dataset: str, runs: list, metric: str) -> str:
         lines.append(f"| {key(r)[0]} | {r['seed']} | {r['version']} | {r['fit_seconds']:.0f} | {vae} | "
                      f"{sigma} | {r['mle']['mean']:.3f} ± {r['mle']['std']:.3f} | {r['fidelity']['column_shapes_error']:.2f} | "
                      f"{r['fidelity']['column_pair_trends_error']:.2f} | "
-                     f"{r['dcr']['share_closer_to_train'] * 100:.1f} % | {r['dcr']['exact_copies']} |")
+                     f"{r['dcr']['share_closer_to_train'] * 100:.1f} % | {r['dcr']['exact_copies']} | "
+                     + (f"{broken(r):.1f} % |" if "contradictions" in r else " |"))
     for group in sorted({key(r) for r in runs}):
         rs = [r for r in runs if key(r) == group]
         mean = lambda f: float(np.mean([f(r) for r in rs]))  # noqa: E731
         lines.append(f"| {group[0]} | mean of {len(rs)} | {group[1]} | | | | **{mean(lambda r: r['mle']['mean']):.3f}** | "
                      f"{mean(lambda r: r['fidelity']['column_shapes_error']):.2f} | "
                      f"{mean(lambda r: r['fidelity']['column_pair_trends_error']):.2f} | "
-                     f"{mean(lambda r: r['dcr']['share_closer_to_train']) * 100:.1f} % | |")
+                     f"{mean(lambda r: r['dcr']['share_closer_to_train']) * 100:.1f} % | | "
+                     + (f"{mean(broken):.1f} % |" if all("contradictions" in r for r in rs) else " |"))
     return "\n".join(lines) + "\n"
 
 

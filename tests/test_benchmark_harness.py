@@ -114,3 +114,23 @@ def test_coherence_benchmark_reads_settings_and_tables_its_rows():
                                                   "shapes_error": 4.79, "trends_error": 9.72, "dcr_share": 0.5525}}})
     assert "| m | 42.4 % | 0.870 | 4.79 / 9.72 | 55.2 % | relationship=Wife -> sex=Female: 38 % |" in table
     assert "30 rules" in table
+
+
+def test_seeds_table_gives_each_fits_share_of_contradicting_rows_where_it_was_recorded():
+    """Fits recorded before the contradiction metric leave its cell empty, and their group's mean too."""
+    from benchmarks.seeds import markdown
+
+    def run(seed, version, broken=None):
+        r = {"method": "difflm", "seed": seed, "version": version, "fit_seconds": 60.0,
+             "mle": {"mean": 0.88, "std": 0.01},
+             "fidelity": {"column_shapes_error": 3.0, "column_pair_trends_error": 6.0},
+             "dcr": {"share_closer_to_train": 0.55, "exact_copies": 0}}
+        return r if broken is None else {**r, "contradictions": {"rows": broken}}
+
+    lines = markdown("adult", [run(0, "0.17.1", 0.15), run(1, "0.17.1", 0.2), run(0, "0.14.0")], "AUC").splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    assert lines[2].split("|")[-2].strip() == "breaking a rule" and len({len(c) for c in cells}) == 1
+    last = {tuple(c[:3]): c[-1] for c in cells if c[0] == "difflm"}
+    assert last[("difflm", "0", "0.17.1")] == "15.0 %" and last[("difflm", "1", "0.17.1")] == "20.0 %"
+    assert last[("difflm", "mean of 2", "0.17.1")] == "17.5 %"
+    assert last[("difflm", "0", "0.14.0")] == "" == last[("difflm", "mean of 1", "0.14.0")]
