@@ -34,8 +34,21 @@ COPY, INDEPENDENT = "copy of the training rows", "independent real rows"
 VARIANTS = {  # how a saved DiffLM model is sampled: set_params, and whether the correction is estimated again
     "default": ({}, False),
     "no correction": ({"marginal_rows": 0}, False),
-    "stopped at 1.4": ({"diffusion_sigma_min": 1.4}, True),
 }
+
+
+def variant(name: str) -> tuple[dict, bool]:
+    """A variant's (set_params, estimate the correction again): one of VARIANTS, or ``stopped at X``, the
+    sampler stopped at noise level X with the correction estimated there."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    head, _, level = name.rpartition(" ")
+    try:
+        if head == "stopped at" and float(level) > 0:
+            return {"diffusion_sigma_min": float(level)}, True
+    except ValueError:
+        pass
+    raise ValueError(f"unknown variant {name!r}: one of {sorted(VARIANTS)} or 'stopped at X' with X > 0")
 
 
 def independent_block(pool, n: int, k: int):
@@ -75,7 +88,7 @@ def generators(dataset: str, model: str | None, minutes: float, seed: int = 0, s
             synth.save(save)
     seconds["DiffLM fit or load"] = time.monotonic() - t
     for v in variants:
-        params, again = VARIANTS[v]
+        params, again = variant(v)
         variant = copy.deepcopy(synth).set_params(verbose=False, **params)  # the loaded model stays as it is
         if again:
             t = time.monotonic()
@@ -153,12 +166,18 @@ def main(argv=None):
     ap.add_argument("--sample-seeds", type=int, default=1,
                     help="sets of rows each generator writes (sampling seeds seed, seed+1, ...); every set is "
                          "attacked and scored, and the table gives means over them")
-    ap.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS),
-                    help="ways of sampling the DiffLM model: as fitted; without the marginal correction; with "
-                         "the sampler stopped at sigma 1.4 and the correction estimated there")
+    ap.add_argument("--variants", nargs="+", default=["default"], metavar="VARIANT",
+                    help="ways of sampling the DiffLM model: 'default' (as fitted); 'no correction' (without the "
+                         "marginal correction); 'stopped at X' (the sampler stopped at sigma X, the correction "
+                         "estimated there)")
     ap.add_argument("--save-model", metavar="PATH", help="save the model fitted for --minutes there")
     ap.add_argument("--stem", help="result file name without extension (default privacy_<dataset>)")
     args = ap.parse_args(argv)
+    for v in args.variants:  # a typo fails here, not after the fit
+        try:
+            variant(v)
+        except ValueError as e:
+            ap.error(str(e))
     ds, train, holdout, gens, seconds = generators(args.dataset, args.model, args.minutes, args.seed,
                                                    args.save_model, args.variants)
     res = {"dataset": args.dataset, "cpu": cpu_name(), "train_rows": len(train), "control_rows": len(holdout),

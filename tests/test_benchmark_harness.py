@@ -134,3 +134,14 @@ def test_seeds_table_gives_each_fits_share_of_contradicting_rows_where_it_was_re
     assert last[("difflm", "0", "0.17.1")] == "15.0 %" and last[("difflm", "1", "0.17.1")] == "20.0 %"
     assert last[("difflm", "mean of 2", "0.17.1")] == "17.5 %"
     assert last[("difflm", "0", "0.14.0")] == "" == last[("difflm", "mean of 1", "0.14.0")]
+
+
+def test_privacy_benchmark_variants_stop_the_sampler_anywhere_and_name_bad_ones():
+    from benchmarks.privacy import main, variant
+    assert variant("default") == ({}, False) and variant("no correction") == ({"marginal_rows": 0}, False)
+    assert variant("stopped at 2") == ({"diffusion_sigma_min": 2.0}, True)
+    for bad in ("stopped at -1", "stopped at high", "stopped 1.4", "as fitted"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            variant(bad)
+    with pytest.raises(SystemExit):  # before any model is fitted or loaded
+        main(["--variants", "default", "stopped at zero"])
