@@ -89,13 +89,13 @@ def generators(dataset: str, model: str | None, minutes: float, seed: int = 0, s
     seconds["DiffLM fit or load"] = time.monotonic() - t
     for v in variants:
         params, again = variant(v)
-        variant = copy.deepcopy(synth).set_params(verbose=False, **params)  # the loaded model stays as it is
+        model_v = copy.deepcopy(synth).set_params(verbose=False, **params)  # the loaded model stays as it is
         if again:
             t = time.monotonic()
-            variant.correct_marginals(variant.marginal_rows or 1000, random_state=seed)
+            model_v.correct_marginals(model_v.marginal_rows or 1000, random_state=seed)
             seconds[f"DiffLM ({v}) correction"] = time.monotonic() - t
         name = "DiffLM" if v == "default" else f"DiffLM, {v}"
-        gens[name] = (lambda k, s=variant: s.sample(len(train), random_state=seed + k))
+        gens[name] = (lambda k, s=model_v: s.sample(len(train), random_state=seed + k))
     return ds, train, holdout, gens, seconds
 
 

@@ -145,3 +145,31 @@ def test_privacy_benchmark_variants_stop_the_sampler_anywhere_and_name_bad_ones(
             variant(bad)
     with pytest.raises(SystemExit):  # before any model is fitted or loaded
         main(["--variants", "default", "stopped at zero"])
+
+
+def test_privacy_benchmark_samples_each_variant_of_a_loaded_model(monkeypatch):
+    """Each variant is its own copy of the loaded model with its settings (the correction estimated again
+    where the sampler stops elsewhere); the loaded model is left as it was."""
+    from benchmarks import privacy
+
+    class Fake:
+        def __init__(self):
+            self.params, self.corrected, self.marginal_rows = {}, False, 1000
+
+        def set_params(self, **kw):
+            self.params.update(kw)
+            return self
+
+        def correct_marginals(self, n, random_state=None):
+            self.corrected = True
+
+        def sample(self, n, random_state=None):
+            return pd.DataFrame({"sigma": [self.params.get("diffusion_sigma_min")] * n, "seed": random_state})
+
+    loaded = Fake()
+    monkeypatch.setattr(privacy.DiffLMSynthesizer, "load", staticmethod(lambda path: loaded))
+    monkeypatch.setitem(privacy.METHODS, "tvae", lambda train, epochs, seed: lambda n: (train.head(n), None))
+    *_, gens, seconds = privacy.generators("adult", "m.tdl", 1, variants=("default", "stopped at 2"))
+    assert gens["DiffLM"](0)["sigma"].isna().all() and gens["DiffLM, stopped at 2"](1)["sigma"].eq(2.0).all()
+    assert gens["DiffLM, stopped at 2"](1)["seed"].eq(1).all() and "DiffLM (stopped at 2) correction" in seconds
+    assert loaded.params == {} and not loaded.corrected
