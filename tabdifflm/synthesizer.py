@@ -514,11 +514,15 @@ class DiffLMSynthesizer(BaseEstimator):
                                                            "covered by the accounting"}
         elif self.marginal_rows:
             report_s = 0.03 * float(self.max_time) if self.privacy_sample and self.max_time is not None else 0.0
+            t = time.monotonic()
             self._correct_marginals(self.marginal_rows, torch.Generator().manual_seed(seed + 7), deadline - report_s)
+            self.history_["seconds"]["marginal_correction"] = round(time.monotonic() - t, 1)
         if self._ledger is not None:  # the guarantee is the report: no rows were held out to compare with
             self.privacy_report_ = {"differential_privacy": self._ledger.report()}
         else:
+            t = time.monotonic()
             self.privacy_report_ = self._privacy_report(df, train_idx, val_idx, deadline)
+            self.history_["seconds"]["privacy_report"] = round(time.monotonic() - t, 1)
         del self._ledger
         self.fit_seconds_ = time.monotonic() - t_start
         return self
@@ -611,7 +615,16 @@ class DiffLMSynthesizer(BaseEstimator):
         # the read-out's stage comes after the prior: at most an eighth of the budget (it trims its rows to fit)
         readout_s = 0.12 * budget if head is not None and head.reader is not None and math.isfinite(budget) else 0.0
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget - check_s - readout_s
-        history = {"vae": [], "diffusion": [], "stopped": {}}
+        history = {"vae": [], "diffusion": [], "stopped": {}, "seconds": {}}
+        # each stage's seconds, so a budget's split between stages can be checked against what they took
+        mark = [t_start]
+
+        def lap(stage):
+            now = time.monotonic()
+            history["seconds"][stage] = round(now - mark[0], 1)
+            mark[0] = now
+
+        lap("preparation")
         vae = RowVAE(encoder, RowModel(self._decoder, injector, grammar, head, adapter), column_loss=self.column_loss,
                      aux_weight=float(self.aux_weight))
         history["vae"], history["stopped"]["vae"] = train_vae(
@@ -623,6 +636,7 @@ class DiffLMSynthesizer(BaseEstimator):
             memorisation_gap=self.memorisation_gap if probe_idx is not None else None,
             latent_dropout=float(self.latent_dropout) if self.latent_head else 0.0, dp=ledger, generator=gen,
             verbose=self.verbose)
+        lap("vae")
 
         # the prior learns the training slice only: the validation rows stay unseen by every stage, so
         # privacy_report_ can compare the model's rows with rows it never learnt from
@@ -644,15 +658,18 @@ class DiffLMSynthesizer(BaseEstimator):
         else:
             self.denoiser_ = None
             self.latent_cov_ = torch.cov(zn.T) + 1e-6 * torch.eye(zn.shape[1])
+        lap("prior")
         # the validation rows' latents in the prior's units, encoded once for the calibration and the read-out
         zn_val = None if ledger or len(val_idx) < MIN_PROBE_ROWS else \
             (self._encode_means(encoder, data, val_idx.tolist()) - self.latent_mean_) / 2
         self.diffusion_sigma_min_, history["prior_calibration"] = self._calibrate_prior(
             zn, zn_val, len(val_idx), seed, deadline=t_start + 0.98 * budget - check_s - readout_s,
             private=ledger is not None)
+        lap("calibration")
         if head is not None and head.reader is not None:
             history["readout"], history["stopped"]["readout"] = self._train_readout(
                 vae.rows, data, zn, zn_val, train_idx, val_idx, seed, deadline=t_start + 0.98 * budget - check_s)
+            lap("readout")
         # the training rows' categorical choices, counted once: the marginal correction's target (under DP
         # the accounting does not cover them, so none are kept)
         self.choice_counts_ = None if ledger or head is None else choice_counts(

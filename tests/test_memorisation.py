@@ -29,6 +29,15 @@ def test_history_says_why_each_stage_stopped_and_records_the_gap(fitted):
     assert rec["memorisation_gap"] == pytest.approx((rec["val_nll"] - rec["probe_nll"]) / rec["val_nll"], abs=2e-3)
 
 
+def test_history_gives_each_stages_seconds_in_order_and_within_the_fit(fitted):
+    sec = fitted.history_["seconds"]
+    stages = ["preparation", "vae", "prior", "calibration", "readout"]
+    stages += ["marginal_correction"] * bool(fitted.marginal_rows) + ["privacy_report"]
+    assert list(sec) == stages
+    assert all(v >= 0 for v in sec.values()) and sec["vae"] > 0
+    assert sum(sec.values()) <= fitted.fit_seconds_ + 0.5  # each rounded to 0.1 s
+
+
 def test_privacy_report_compares_new_rows_with_unseen_rows(fitted, tmp_path):
     rep = fitted.privacy_report_
     assert rep["rows"] == rep["validation_rows"] == 24
