@@ -403,7 +403,7 @@ def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx:
         return choice_nll(bb.to(dev) + rd(hh.to(dev)), tt.to(dev)).mean()
 
     with torch.no_grad():
-        kept = float(mean_nll(reader, *val))  # the read-out as latent dropout left it in the VAE stage
+        kept = float(mean_nll(reader, *val))  # the read-out as the VAE stage left it
         without = float(choice_nll(val[1], val[2]).mean())
     if without < kept:  # that read-out hurts the blends: start from none (a zero last layer adds nothing)
         for p in reader[-1].parameters():
