@@ -152,7 +152,7 @@ class DiffLMSynthesizer(BaseEstimator):
         so after the prior is trained the read-out gets a stage of its own (``history_["readout"]``): each
         training row is written from the latent the sampler, as calibrated, returns near it, and the
         read-out learns what the blend leaves open; the epoch with the best validation NLL is kept. It
-        costs one decoder pass per row and draw (two draws, rows drawn to hold at most 150,000 tokens'
+        costs one decoder pass per row and draw (two draws, rows drawn to hold at most 150,000 choices'
         hidden states) and an eighth of ``max_time``. On Adult it cut the rows that break a rule the real
         rows keep from 42 to 16.5 % at a higher MLE (docs/design.md, "Version 0.17"). Ignored under
         ``dp_epsilon`` (no read-out is built). Models written by version 0.16 keep their
@@ -576,6 +576,7 @@ class DiffLMSynthesizer(BaseEstimator):
             states.append(q)
         data = VAEData(self._enc_tok, enc_texts, toks, states, grammar.done,
                        features=featurizer.transform(rows) if featurizer else None)
+        row_choices = np.array([sum(grammar.n_choices(q) > 1 for q in st) for st in states])  # real choices a row
         self._check_preparation(t_start, budget, n, n)
 
         ledger = None
@@ -617,12 +618,13 @@ class DiffLMSynthesizer(BaseEstimator):
         vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget - check_s - readout_s
         history = {"vae": [], "diffusion": [], "stopped": {}, "seconds": {}}
         # each stage's seconds, so a budget's split between stages can be checked against what they took
-        mark = [t_start]
+        mark = t_start
 
         def lap(stage):
+            nonlocal mark
             now = time.monotonic()
-            history["seconds"][stage] = round(now - mark[0], 1)
-            mark[0] = now
+            history["seconds"][stage] = round(now - mark, 1)
+            mark = now
 
         lap("preparation")
         vae = RowVAE(encoder, RowModel(self._decoder, injector, grammar, head, adapter), column_loss=self.column_loss,
@@ -668,7 +670,8 @@ class DiffLMSynthesizer(BaseEstimator):
         lap("calibration")
         if head is not None and head.reader is not None:
             history["readout"], history["stopped"]["readout"] = self._train_readout(
-                vae.rows, data, zn, zn_val, train_idx, val_idx, seed, deadline=t_start + 0.98 * budget - check_s)
+                vae.rows, data, zn, zn_val, train_idx, val_idx, float(row_choices[train_idx.numpy()].mean()), seed,
+                deadline=t_start + 0.98 * budget - check_s)
             lap("readout")
         # the training rows' categorical choices, counted once: the marginal correction's target (under DP
         # the accounting does not cover them, so none are kept)
@@ -686,7 +689,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.history_ = history
         self.seed_ = seed
         self.tokens_per_row_ = float(np.mean([len(t) for t in toks]))
-        self.choices_per_row_ = float(np.mean([sum(grammar.n_choices(q) > 1 for q in st) for st in states]))
+        self.choices_per_row_ = float(row_choices.mean())
         self._sample_gen = torch.Generator().manual_seed(seed + 1)
         self._ledger = ledger
         return train_idx, val_idx
@@ -784,10 +787,11 @@ class DiffLMSynthesizer(BaseEstimator):
                        "seconds": round(time.monotonic() - t0, 1)})
 
     def _train_readout(self, model: RowModel, data: VAEData, zn: torch.Tensor, zn_val: torch.Tensor | None,
-                       train_idx, val_idx, seed: int, deadline: float) -> tuple[list, str]:
+                       train_idx, val_idx, per_row: float, seed: int, deadline: float) -> tuple[list, str]:
         """The read-out's own stage (:func:`~tabdifflm.training.train_readout`): each training and validation
         row paired with the latent the sampler, as it now stands, returns near the row's own. zn [N, D] and
-        zn_val [M, D] (None with too few validation rows): the rows' latents in the prior's units."""
+        zn_val [M, D] (None with too few validation rows): the rows' latents in the prior's units; per_row:
+        the training rows' mean count of real choices, which sets how many rows the stage can hold."""
         if zn_val is None:  # nothing to choose the epoch on: the read-out keeps the VAE's state
             return [], f"{len(val_idx)} validation rows, fewer than {MIN_PROBE_ROWS}"
         gen = torch.Generator().manual_seed(seed + 8)
@@ -796,9 +800,7 @@ class DiffLMSynthesizer(BaseEstimator):
         # at most READOUT_BYTES (a sub-vocabulary of thousands of category tokens makes each one large)
         K, H = model.head_weight.shape
         cap = min(READOUT_CHOICES, int(READOUT_BYTES // (4 * (H + K))))
-        # the training rows' mean count of real choices (Adult: 32 a row, so all 1,800 rows are kept)
-        choice = model.grammar.choice.cpu()
-        per_row = float(np.mean([int(choice[torch.as_tensor(data.dec_states[i])].sum()) for i in train_idx]))
+        # Adult: 32 choices a row, so all 1,800 training rows are kept
         keep = min(len(train_idx), max(1, int(cap // (max(per_row, 1.0) * READOUT_DRAWS))))
         pick = torch.randperm(len(train_idx), generator=gen)[:keep]  # zn's rows are train_idx's, in order
 
