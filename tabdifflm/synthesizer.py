@@ -52,6 +52,8 @@ MIN_CORRECTION_ROWS = 64  # a marginal correction round with fewer rows than thi
 READOUT_DRAWS = 2  # latents near each training row that the read-out's stage learns from
 READOUT_CHOICES = 150_000  # at most this many (row, choice) hidden states held by that stage
 READOUT_BYTES = 1.5e9  # and at most this much memory for them and their logits
+PRIOR_MARGIN = 1.25  # the VAE stage holds back this many times the prior's timed steps
+READOUT_MARGIN = 1.5  # the VAE stage holds back this many times the read-out's rows' measured decoder time
 _DECODERS: dict = {}  # (source, dtype, device) -> (model, tokenizer, resolved, fingerprint); frozen, so shareable
 
 
@@ -602,20 +604,26 @@ class DiffLMSynthesizer(BaseEstimator):
         # of every row, so a tight budget still trains the prior instead of leaving it untrained.
         reserve = 0.0
         if self.max_time is not None and self.prior == "diffusion":
-            # x1.5: the machine's load can change between the timing and the stage
+            # x1.25: the machine's load can change between the timing (a median step) and the stage
             if ledger:
                 steps, step_s = dp_diffusion_steps, time_diffusion_step(
                     self.latent_dim, n, round(ledger.planned["diffusion"][0] * n), trials=2, private=True)
             else:
                 steps, step_s = self.diffusion_train_steps, time_diffusion_step(self.latent_dim, n)
-            reserve = min(1.5 * steps * step_s, 0.4 * budget)
+            reserve = min(PRIOR_MARGIN * steps * step_s, 0.4 * budget)
         check_s = 0.03 * budget if self.privacy_sample and n_val and math.isfinite(budget) else 0.0  # privacy_report_
         cat_cols = schema.categorical
         if self.marginal_rows and head is not None and cat_cols and not ledger and math.isfinite(budget):
             check_s += 0.04 * budget  # the marginal correction's rows, written before the privacy report
-        # the read-out's stage comes after the prior: at most an eighth of the budget (it trims its rows to fit)
-        readout_s = 0.12 * budget if head is not None and head.reader is not None and math.isfinite(budget) else 0.0
-        vae_deadline = t_start + 0.96 * budget - reserve - 0.02 * budget - check_s - readout_s
+        # the read-out's stage comes after the prior and passes its rows through the decoder once per draw:
+        # the VAE stage holds their time back at its own measured rate per row (the stage trims its rows to
+        # fit whatever is left, so a low estimate costs epochs, never the budget)
+        readout_rows = 0
+        if head is not None and head.reader is not None and math.isfinite(budget) and n_val >= MIN_PROBE_ROWS:
+            per_row = float(row_choices[train_idx.numpy()].mean())
+            width = self._decoder.get_output_embeddings().weight.shape[1]
+            readout_rows = self._readout_keep(len(grammar.tables.vocab), width, len(train_idx), per_row) * READOUT_DRAWS + n_val
+        vae_deadline = t_start + 0.97 * budget - reserve - 0.02 * budget - check_s
         history = {"vae": [], "diffusion": [], "stopped": {}, "seconds": {}}
         # each stage's seconds, so a budget's split between stages can be checked against what they took
         mark = t_start
@@ -636,9 +644,15 @@ class DiffLMSynthesizer(BaseEstimator):
             eval_every=self.eval_every, aux_steps=int(self.aux_steps), aux_stop_gap=self.aux_stop_gap,
             probe_idx=probe_idx,
             memorisation_gap=self.memorisation_gap if probe_idx is not None else None,
-            latent_dropout=float(self.latent_dropout) if self.latent_head else 0.0, dp=ledger, generator=gen,
+            latent_dropout=float(self.latent_dropout) if self.latent_head else 0.0,
+            reserve_rows=readout_rows, reserve_margin=READOUT_MARGIN, dp=ledger, generator=gen,
             verbose=self.verbose)
         lap("vae")
+        # what the VAE stage held back for the read-out, at its slowest validation pass per row
+        row_s = max((r["val_s"] / n_val for r in history["vae"] if "val_s" in r), default=0.0)
+        readout_s = READOUT_MARGIN * readout_rows * row_s
+        # what the VAE left to the stages after it, beside what they took (history["seconds"])
+        history["reserved_s"] = {"prior": round(reserve, 1), "readout": round(readout_s, 1), "checks": round(check_s, 1)}
 
         # the prior learns the training slice only: the validation rows stay unseen by every stage, so
         # privacy_report_ can compare the model's rows with rows it never learnt from
@@ -796,12 +810,7 @@ class DiffLMSynthesizer(BaseEstimator):
             return [], f"{len(val_idx)} validation rows, fewer than {MIN_PROBE_ROWS}"
         gen = torch.Generator().manual_seed(seed + 8)
         sigma = self._sampler_sigma()
-        # the hidden states and logits of every choice are held at once: at most READOUT_CHOICES of them, and
-        # at most READOUT_BYTES (a sub-vocabulary of thousands of category tokens makes each one large)
-        K, H = model.head_weight.shape
-        cap = min(READOUT_CHOICES, int(READOUT_BYTES // (4 * (H + K))))
-        # Adult: 32 choices a row, so all 1,800 training rows are kept
-        keep = min(len(train_idx), max(1, int(cap // (max(per_row, 1.0) * READOUT_DRAWS))))
+        keep = self._readout_keep(*model.head_weight.shape, len(train_idx), per_row)
         pick = torch.randperm(len(train_idx), generator=gen)[:keep]  # zn's rows are train_idx's, in order
 
         def near(z):  # the sampler's latent near each of z [N, D] (prior units), in the VAE's units
@@ -811,6 +820,17 @@ class DiffLMSynthesizer(BaseEstimator):
         draws = [near(zn[pick]) for _ in range(READOUT_DRAWS)]
         return train_readout(model, data, train_idx[pick].tolist(), draws, val_idx.tolist(), near(zn_val),
                              deadline=deadline, generator=gen, verbose=self.verbose)
+
+    @staticmethod
+    def _readout_keep(K: int, H: int, n_train: int, per_row: float) -> int:
+        """How many of ``n_train`` training rows the read-out's stage holds, each written from READOUT_DRAWS
+        latents. K: the grammar's tokens, H: the decoder's hidden width; per_row: the training rows' mean count
+        of real choices."""
+        # the hidden states and logits of every choice are held at once: at most READOUT_CHOICES of them, and
+        # at most READOUT_BYTES (a sub-vocabulary of thousands of category tokens makes each one large)
+        cap = min(READOUT_CHOICES, int(READOUT_BYTES // (4 * (H + K))))
+        # Adult: 32 choices a row, so all 1,800 training rows are kept
+        return min(n_train, max(1, int(cap // (max(per_row, 1.0) * READOUT_DRAWS))))
 
     def _calibrate_prior(self, zn: torch.Tensor, zn_val: torch.Tensor | None, n_val: int, seed: int,
                          deadline: float, private: bool) -> tuple:

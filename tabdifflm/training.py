@@ -5,6 +5,7 @@ import copy
 import math
 import time
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -80,7 +81,7 @@ def evaluate_nll(vae: RowVAE, data: VAEData, idx, batch_size):
 def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, deadline,
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
               beta_patience=2, eval_every=25, aux_steps=0, aux_stop_gap=None, probe_idx=None,
-              memorisation_gap=None, latent_dropout=0.0,
+              memorisation_gap=None, latent_dropout=0.0, reserve_rows=0, reserve_margin=1.5,
               dp=None, generator=None, verbose=True, log=None):
     """Train the VAE's encoder, injector and latent logit head against its frozen decoder (:class:`RowVAE`
     computes the loss: CE + aux_weight x head CE + beta x KL).
@@ -95,6 +96,9 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     improved for ``beta_patience`` evaluations, down to ``min_beta``. The best state on validation NLL is
     restored at the end. Stops at ``max_epochs`` or when the final validation pass would end after
     ``deadline`` (time.monotonic()): the passes are timed, so the stage ends by its deadline.
+    ``reserve_rows``: rows that a later stage passes through the decoder (the read-out's stage), whose time
+    is held back from ``deadline`` at ``reserve_margin`` times this stage's slowest validation pass per row;
+    it follows the machine as the stage runs, where a fixed share of the budget would not.
 
     Memorisation: with ``probe_idx`` (some training rows) each evaluation also scores those rows the same
     way; the gap (val NLL - probe NLL) / val NLL is how much better the model knows rows it was trained on
@@ -192,11 +196,11 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
         opt.step(grads)
         return VAEOutput(None, nll, None)
 
-    eval_s = step_s = 0.0  # longest validation pass, latest training step
+    eval_s = step_s = row_s = 0.0  # longest validation pass, latest training step, slowest validation row
 
     def evaluate(epoch):
         """Score the validation (and probe) rows; True when the stage should stop for memorisation."""
-        nonlocal best, stall, beta, best_state, eval_s, over, n_aux
+        nonlocal best, stall, beta, best_state, eval_s, row_s, over, n_aux
         if not len(val_idx):  # under DP: no held-out rows, the training NLL is all there is to record
             history.append({"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch,
                             "beta": beta, "train_nll": round(sum(running) / max(len(running), 1), 3)})
@@ -204,8 +208,11 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
             return False
         t_eval = time.monotonic()
         v = evaluate_nll(vae, data, val_idx.tolist(), batch_size)
+        val_s = time.monotonic() - t_eval
+        row_s = max(row_s, val_s / len(val_idx))
         rec = {"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch, "beta": beta,
-               "train_nll": round(sum(running) / max(len(running), 1), 3), "val_nll": round(v, 3)}
+               "train_nll": round(sum(running) / max(len(running), 1), 3), "val_nll": round(v, 3),
+               "val_s": round(val_s, 2)}
         memorising = False
         if probe_idx is not None:
             p = evaluate_nll(vae, data, list(probe_idx), batch_size)
@@ -231,8 +238,9 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
         eval_s = max(eval_s, time.monotonic() - t_eval)
         return over >= 2  # the same on every process: the NLLs are summed over all of them
 
-    def out_of_time():  # would one more step and the final validation pass end after the deadline?
-        return parallel.any_true(time.monotonic() + step_s + eval_s > deadline)  # all processes agree
+    def out_of_time():  # would one more step, the final validation pass and the held-back rows pass the deadline?
+        held = reserve_margin * reserve_rows * row_s
+        return parallel.any_true(time.monotonic() + step_s + eval_s + held > deadline)  # all processes agree
 
     evaluate(0)
     stop = False
@@ -272,10 +280,12 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
 
 
 def time_diffusion_step(dim: int, n: int, batch_size: int = 512, hidden: int = 1024, t_dim: int = 256,
-                        trials: int = 5, private: bool = False) -> float:
+                        trials: int = 10, private: bool = False) -> float:
     """Seconds one denoiser training step takes here (timed on random latents, global RNG untouched), so
-    a time budget can reserve what the diffusion stage needs before the VAE spends it. ``private``: a DP-SGD
-    step (per-row gradients of the batch, their norms), many times a plain step's cost."""
+    a time budget can reserve what the diffusion stage needs before the VAE spends it: the median of
+    ``trials`` steps after three to warm up (the first steps run slower, and one slow step moved a mean of
+    five by half). ``private``: a DP-SGD step (per-row gradients of the batch, their norms), many times a
+    plain step's cost."""
     from .dp import vmap_grads
 
     with torch.random.fork_rng(devices=[]):
@@ -293,11 +303,14 @@ def time_diffusion_step(dim: int, n: int, batch_size: int = 512, hidden: int = 1
                 edm_loss(net, x).backward()
             opt.step()
 
-        step()  # warm-up
-        t = time.monotonic()
-        for _ in range(trials):
+        for _ in range(1 if private else 3):  # warm-up
             step()
-    return (time.monotonic() - t) / trials
+        times = []
+        for _ in range(trials):
+            t = time.monotonic()
+            step()
+            times.append(time.monotonic() - t)
+    return float(np.median(times))
 
 
 def train_diffusion(latents: torch.Tensor, *, steps: int, deadline: float, batch_size: int = 512, lr: float = 1e-3,
@@ -385,9 +398,11 @@ def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx:
     The decoder runs once per row and draw; the epochs then cost little. Training starts from the better,
     on the validation rows, of the read-out as the VAE stage left it and no read-out. Returns (history, why
     stopped); history[0] is that start (``val_nll``) with both candidates' validation NLL per choice; the
-    read-out returned is the epoch with the lowest ``val_nll``, epoch 0 included.
+    read-out returned is the epoch with the lowest ``val_nll``, epoch 0 included; ``rows_s`` there is what the
+    decoder's passes over the rows took.
     """
     reader = model.latent_head.reader
+    t0 = time.monotonic()
     total = len(train_idx) * len(train_z) + len(val_idx)
     with tqdm(total=total, desc="read-out: rows", disable=not verbose or not parallel.is_main(),
               dynamic_ncols=True) as bar:
@@ -396,6 +411,7 @@ def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx:
     parts = [p for p in parts if p is not None]
     if val is None or not parts:
         return [], "time budget"
+    rows_s = time.monotonic() - t0  # the decoder's passes, against which the VAE stage held time back
     h, base, target = (torch.cat(t) for t in zip(*parts))
     dev = next(reader.parameters()).device
 
@@ -410,7 +426,7 @@ def train_readout(model, data: VAEData, train_idx: list, train_z: list, val_idx:
             torch.nn.init.zeros_(p)
     start = min(kept, without)
     history = [{"epoch": 0, "val_nll": round(start, 4), "val_nll_vae_readout": round(kept, 4),
-                "val_nll_without": round(without, 4), "choices": len(target)}]
+                "val_nll_without": round(without, 4), "choices": len(target), "rows_s": round(rows_s, 3)}]
     best, best_state, bad, why = start, copy.deepcopy(reader.state_dict()), 0, "epochs"
     opt = torch.optim.Adam(reader.parameters(), lr=lr)
     bar = tqdm(range(1, max_epochs + 1), desc="read-out", disable=not verbose or not parallel.is_main(),

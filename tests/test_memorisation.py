@@ -2,6 +2,8 @@
 stopped, and the privacy report a fit leaves behind."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -177,3 +179,48 @@ def test_heads_only_steps_end_once_the_gap_passes_aux_stop_gap(tiny_kwargs, monk
     assert all(r["memorisation_gap"] <= 1e-6 for r in hist[:hist.index(stopped[0])])
     assert calls["heads"] == 2 * stopped[0]["step"]
     assert hist[-1]["step"] > stopped[0]["step"]  # the decoder steps went on
+
+
+def _clocked_vae(monkeypatch, reserve_rows):
+    """train_vae on a stand-in model under a fake clock: a training step takes 1 s, a validation pass 0.5 s a
+    row (4 rows). Returns (history, reason, the clock at the end)."""
+    clock = {"t": 0.0}
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.encoder = type("E", (), {"backbone": torch.nn.Linear(1, 1), "head": torch.nn.Linear(1, 4)})()
+            self.aux_weight = 0.0
+
+        def forward(self, *a):
+            clock["t"] += 1.0
+            out = type("O", (), {})()
+            out.loss, out.nll = -self.w.sum(), torch.ones(2)
+            return out
+
+    def fake_eval(vae, data, idx, batch_size):
+        clock["t"] += 0.5 * len(idx)
+        return 10.0
+
+    class Data:
+        def batch(self, idx):
+            return (None,)
+
+    monkeypatch.setattr(training, "evaluate_nll", fake_eval)
+    hist, reason = training.train_vae(
+        Stub(), Data(), torch.arange(40), torch.arange(40, 44), max_epochs=50, deadline=100.0, batch_size=4,
+        learning_rate=1e-3, encoder_learning_rate=0.0, max_beta=0.01, min_beta=0.001, eval_every=5,
+        reserve_rows=reserve_rows, reserve_margin=1.5, generator=torch.Generator().manual_seed(0), verbose=False)
+    return hist, reason, clock["t"]
+
+
+def test_the_vae_holds_back_a_later_stages_rows_at_its_measured_rate(monkeypatch):
+    """reserve_rows rows at 1.5 x the validation pass's time a row (here 0.5 s) are held back from the
+    deadline: 20 rows hold back 15 s of the 100, so the stage ends by 85 s instead of by 100 s."""
+    hist, reason, end = _clocked_vae(monkeypatch, 0)
+    assert reason == "time budget" and 95 <= end <= 100
+    assert all(h["val_s"] == 2.0 for h in hist)  # four rows at 0.5 s, recorded with every evaluation
+    hist, reason, end = _clocked_vae(monkeypatch, 20)
+    assert reason == "time budget" and 80 <= end <= 85

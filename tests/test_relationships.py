@@ -485,3 +485,28 @@ def test_fit_gives_the_read_out_its_stage_with_enough_validation_rows(tiny_kwarg
     assert start["val_nll"] == min(start["val_nll_vae_readout"], start["val_nll_without"])
     assert min(h["val_nll"] for h in hist) <= start["val_nll"]
     assert len(s.sample(5, random_state=0)) == 5
+
+
+def test_a_time_budget_holds_back_the_read_out_stages_rows_from_the_vae(tiny_kwargs, monkeypatch):
+    """Under max_time the VAE stage holds back the decoder passes of the read-out's rows (every kept training
+    row once per draw, and the validation rows) at its measured rate, instead of a fixed share of the
+    budget; the read-out's stage records what those passes took. Without a budget nothing is held back."""
+    import tabdifflm.synthesizer as synth
+    seen = []
+    real = synth.train_vae
+
+    def spy(*a, **kw):
+        seen.append(kw["reserve_rows"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(synth, "train_vae", spy)
+    df = pd.DataFrame({"a": ["red", "blue", "green"] * 30, "b": ["red", "blue", "green"] * 30,
+                       "c": ["x", "y", "y", "x", "y", "x"] * 15})
+    kw = {**tiny_kwargs, "validation_size": 0.3, "max_epochs": 1}
+    s = DiffLMSynthesizer(**kw, max_time=600).fit(df)
+    n_val, n_train = 27, len(df) - 27
+    assert seen[-1] == READOUT_DRAWS * n_train + n_val  # all training rows fit under the choices' cap
+    assert all(h["val_s"] > 0 for h in s.history_["vae"])
+    assert s.history_["readout"][0]["rows_s"] > 0
+    DiffLMSynthesizer(**kw).fit(df)
+    assert seen[-1] == 0
