@@ -158,11 +158,10 @@ class DiffLMSynthesizer(BaseEstimator):
         read-out learns what the blend leaves open; the epoch with the best validation NLL is kept. It
         costs one decoder pass per row and draw (two draws, rows drawn to hold at most 150,000 choices'
         hidden states); under ``max_time`` the VAE stage holds back those passes' time at the rate it measures
-        on its own validation passes (0.17.2; before, an eighth of ``max_time``). On Adult it cut
-        the rows that break a rule the real rows keep from 42 to 16.5 % at a higher MLE (docs/design.md,
-        "Version 0.17"). Ignored under
-        ``dp_epsilon`` (no read-out is built). Models written by version 0.16 keep their
-        rank-``latent_readout`` linear read-out.
+        on its own validation passes (0.17.2; before, an eighth of ``max_time``). On Adult it cut the rows
+        that break a rule the real rows keep from 42 to 16.5 % at a higher MLE (docs/design.md, "Version
+        0.17"). Ignored under ``dp_epsilon`` (no read-out is built). Models written by version 0.16 keep
+        their rank-``latent_readout`` linear read-out.
     latent_dropout : float in [0, 1)
         Share of each VAE training batch's rows reconstructed without the latent head's logits (the decoder
         and its read-out alone), which also trains the read-out during the VAE stage.
@@ -626,7 +625,8 @@ class DiffLMSynthesizer(BaseEstimator):
         if head is not None and head.reader is not None and math.isfinite(budget) and n_val >= MIN_PROBE_ROWS:
             per_row = float(row_choices[train_idx.numpy()].mean())
             width = self._decoder.get_output_embeddings().weight.shape[1]
-            readout_rows = self._readout_keep(len(grammar.tables.vocab), width, len(train_idx), per_row) * READOUT_DRAWS + n_val
+            keep = self._readout_keep(len(grammar.tables.vocab), width, len(train_idx), per_row)
+            readout_rows = keep * READOUT_DRAWS + n_val
         vae_deadline = t_start + 0.97 * budget - reserve - 0.02 * budget - check_s
         history = {"vae": [], "diffusion": [], "stopped": {}, "seconds": {}}
         # each stage's seconds, so a budget's split between stages can be checked against what they took
@@ -656,7 +656,8 @@ class DiffLMSynthesizer(BaseEstimator):
         row_s = max((r["val_s"] / n_val for r in history["vae"] if "val_s" in r), default=0.0)
         readout_s = READOUT_MARGIN * readout_rows * row_s
         # what the VAE left to the stages after it, beside what they took (history["seconds"])
-        history["reserved_s"] = {"prior": round(reserve, 1), "readout": round(readout_s, 1), "checks": round(check_s, 1)}
+        history["reserved_s"] = {"prior": round(reserve, 1), "readout": round(readout_s, 1),
+                                 "checks": round(check_s, 1)}
 
         # the prior learns the training slice only: the validation rows stay unseen by every stage, so
         # privacy_report_ can compare the model's rows with rows it never learnt from
