@@ -621,12 +621,13 @@ class DiffLMSynthesizer(BaseEstimator):
         # the read-out's stage comes after the prior and passes its rows through the decoder once per draw:
         # the VAE stage holds their time back at its own measured rate per row (the stage trims its rows to
         # fit whatever is left, so a low estimate costs epochs, never the budget)
-        readout_rows = 0
-        if head is not None and head.reader is not None and math.isfinite(budget) and n_val >= MIN_PROBE_ROWS:
-            per_row = float(row_choices[train_idx.numpy()].mean())
+        readout_keep = readout_rows = 0
+        if head is not None and head.reader is not None:  # the training rows that stage holds, counted once
             width = self._decoder.get_output_embeddings().weight.shape[1]
-            keep = self._readout_keep(len(grammar.tables.vocab), width, len(train_idx), per_row)
-            readout_rows = keep * READOUT_DRAWS + n_val
+            readout_keep = self._readout_keep(len(grammar.tables.vocab), width, len(train_idx),
+                                              float(row_choices[train_idx.numpy()].mean()))
+            if math.isfinite(budget) and n_val >= MIN_PROBE_ROWS:
+                readout_rows = readout_keep * READOUT_DRAWS + n_val
         vae_deadline = t_start + 0.97 * budget - reserve - 0.02 * budget - check_s
         history = {"vae": [], "diffusion": [], "stopped": {}, "seconds": {}}
         # each stage's seconds, so a budget's split between stages can be checked against what they took
@@ -689,7 +690,7 @@ class DiffLMSynthesizer(BaseEstimator):
         lap("calibration")
         if head is not None and head.reader is not None:
             history["readout"], history["stopped"]["readout"] = self._train_readout(
-                vae.rows, data, zn, zn_val, train_idx, val_idx, float(row_choices[train_idx.numpy()].mean()), seed,
+                vae.rows, data, zn, zn_val, train_idx, val_idx, readout_keep, seed,
                 deadline=t_start + 0.98 * budget - check_s)
             lap("readout")
         # the training rows' categorical choices, counted once: the marginal correction's target (under DP
@@ -806,16 +807,15 @@ class DiffLMSynthesizer(BaseEstimator):
                        "seconds": round(time.monotonic() - t0, 1)})
 
     def _train_readout(self, model: RowModel, data: VAEData, zn: torch.Tensor, zn_val: torch.Tensor | None,
-                       train_idx, val_idx, per_row: float, seed: int, deadline: float) -> tuple[list, str]:
+                       train_idx, val_idx, keep: int, seed: int, deadline: float) -> tuple[list, str]:
         """The read-out's own stage (:func:`~tabdifflm.training.train_readout`): each training and validation
         row paired with the latent the sampler, as it now stands, returns near the row's own. zn [N, D] and
-        zn_val [M, D] (None with too few validation rows): the rows' latents in the prior's units; per_row:
-        the training rows' mean count of real choices, which sets how many rows the stage can hold."""
+        zn_val [M, D] (None with too few validation rows): the rows' latents in the prior's units; keep: how
+        many training rows, drawn at random, the stage holds (:meth:`_readout_keep`)."""
         if zn_val is None:  # nothing to choose the epoch on: the read-out keeps the VAE's state
             return [], f"{len(val_idx)} validation rows, fewer than {MIN_PROBE_ROWS}"
         gen = torch.Generator().manual_seed(seed + 8)
         sigma = self._sampler_sigma()
-        keep = self._readout_keep(*model.head_weight.shape, len(train_idx), per_row)
         pick = torch.randperm(len(train_idx), generator=gen)[:keep]  # zn's rows are train_idx's, in order
 
         def near(z):  # the sampler's latent near each of z [N, D] (prior units), in the VAE's units

@@ -104,25 +104,34 @@ def test_privacy_sample_zero_skips_the_report_and_too_few_rows_keep_edms_sigma_m
     assert s.diffusion_sigma_min_ == SIGMA_MIN and "fewer than 20" in s.history_["prior_calibration"]["why"]
 
 
+class _StubVAE(torch.nn.Module):
+    """A stand-in for RowVAE in train_vae: one weight, which Adam moves by the learning rate each step (a
+    constant gradient); ``on_step`` runs with every forward pass."""
+
+    def __init__(self, on_step=lambda: None):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.encoder = type("E", (), {"backbone": torch.nn.Linear(1, 1), "head": torch.nn.Linear(1, 4)})()
+        self.aux_weight = 0.0
+        self.on_step = on_step
+
+    def forward(self, *a):
+        self.on_step()
+        out = type("O", (), {})()
+        out.loss, out.nll = -self.w.sum(), torch.ones(2)
+        return out
+
+
+class _NoData:
+    def batch(self, idx):
+        return (None,)
+
+
 def _scripted_vae(monkeypatch, gaps):
     """train_vae on a stand-in model whose evaluations return scripted NLLs: validation 10 - i at the i-th
     evaluation (always improving), probe (10 - i) x (1 - gap_i). Its one weight grows by the learning rate
     (1e-3) a step. Returns (history, reason, the weight of the state kept)."""
     calls = {"n": 0}
-
-    class Stub(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.encoder = type("E", (), {"backbone": torch.nn.Linear(1, 1),
-                                          "head": torch.nn.Linear(1, 4)})()
-            self.aux_weight = 0.0
-
-        def forward(self, *a):
-            out = type("O", (), {})()
-            out.loss = -self.w.sum()  # a constant gradient: Adam moves w by the learning rate each step
-            out.nll = torch.ones(2)
-            return out
 
     def fake_eval(vae, data, idx, batch_size):
         i = calls["n"] // 2  # validation, then probe, per evaluation
@@ -130,14 +139,10 @@ def _scripted_vae(monkeypatch, gaps):
         g, v = gaps[min(i, len(gaps) - 1)], 10.0 - 0.1 * i
         return v if calls["n"] % 2 else v * (1 - g)
 
-    class Data:
-        def batch(self, idx):
-            return (None,)
-
     monkeypatch.setattr(training, "evaluate_nll", fake_eval)
-    vae = Stub()
+    vae = _StubVAE()
     hist, reason = training.train_vae(
-        vae, Data(), torch.arange(40), torch.arange(40, 44), max_epochs=50, deadline=float("inf"), batch_size=4,
+        vae, _NoData(), torch.arange(40), torch.arange(40, 44), max_epochs=50, deadline=float("inf"), batch_size=4,
         learning_rate=1e-3, encoder_learning_rate=0.0, max_beta=0.01, min_beta=0.001, eval_every=5,
         probe_idx=list(range(4)), memorisation_gap=0.1, generator=torch.Generator().manual_seed(0), verbose=False)
     return hist, reason, float(vae.w.detach())
@@ -187,30 +192,16 @@ def _clocked_vae(monkeypatch, reserve_rows):
     clock = {"t": 0.0}
     monkeypatch.setattr(training, "time", types.SimpleNamespace(monotonic=lambda: clock["t"]))
 
-    class Stub(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.encoder = type("E", (), {"backbone": torch.nn.Linear(1, 1), "head": torch.nn.Linear(1, 4)})()
-            self.aux_weight = 0.0
-
-        def forward(self, *a):
-            clock["t"] += 1.0
-            out = type("O", (), {})()
-            out.loss, out.nll = -self.w.sum(), torch.ones(2)
-            return out
-
     def fake_eval(vae, data, idx, batch_size):
         clock["t"] += 0.5 * len(idx)
         return 10.0
 
-    class Data:
-        def batch(self, idx):
-            return (None,)
+    def tick():
+        clock["t"] += 1.0
 
     monkeypatch.setattr(training, "evaluate_nll", fake_eval)
     hist, reason = training.train_vae(
-        Stub(), Data(), torch.arange(40), torch.arange(40, 44), max_epochs=50, deadline=100.0, batch_size=4,
+        _StubVAE(tick), _NoData(), torch.arange(40), torch.arange(40, 44), max_epochs=50, deadline=100.0, batch_size=4,
         learning_rate=1e-3, encoder_learning_rate=0.0, max_beta=0.01, min_beta=0.001, eval_every=5,
         reserve_rows=reserve_rows, reserve_margin=1.5, generator=torch.Generator().manual_seed(0), verbose=False)
     return hist, reason, clock["t"]
