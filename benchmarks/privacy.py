@@ -34,6 +34,8 @@ COPY, INDEPENDENT = "copy of the training rows", "independent real rows"
 VARIANTS = {  # how a saved DiffLM model is sampled: set_params, and whether the correction is estimated again
     "default": ({}, False),
     "no correction": ({"marginal_rows": 0}, False),
+    "no filter": ({"privacy_filter": None}, False),
+    "strict filter": ({"privacy_filter": "strict"}, False),
 }
 
 
@@ -168,8 +170,9 @@ def main(argv=None):
                          "attacked and scored, and the table gives means over them")
     ap.add_argument("--variants", nargs="+", default=["default"], metavar="VARIANT",
                     help="ways of sampling the DiffLM model: 'default' (as fitted); 'no correction' (without the "
-                         "marginal correction); 'stopped at X' (the sampler stopped at sigma X, the correction "
-                         "estimated there)")
+                         "marginal correction); 'no filter' / 'strict filter' (the privacy filter off / turning "
+                         "away every row inside a training row's neighbourhood); 'stopped at X' (the sampler "
+                         "stopped at sigma X, the correction estimated there)")
     ap.add_argument("--save-model", metavar="PATH", help="save the model fitted for --minutes there")
     ap.add_argument("--stem", help="result file name without extension (default privacy_<dataset>)")
     args = ap.parse_args(argv)

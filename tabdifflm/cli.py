@@ -107,6 +107,11 @@ def cmd_fit(a) -> None:
         print(f"privacy check on {rep['rows']} new rows: closer to the training rows than unseen rows are "
               f"{rep['closer_than_unseen']:.2f} [{rep['interval_95'][0]:.2f}, {rep['interval_95'][1]:.2f}] "
               f"(0.5 = like unseen data, 1 = copies); {rep['exact_copies']} exact copies", file=sys.stderr)
+    if rep and "filter" in rep:
+        print(f"privacy filter ({rep['filter']['mode']}): {rep['filter']['base_rate']:.1%} of "
+              f"{rep['filter']['unseen_rows']} unseen rows sit inside a training row's own neighbourhood; sampled "
+              f"rows are kept {'at or below that' if rep['filter']['mode'] == 'match' else 'out of them all'}",
+              file=sys.stderr)
 
 
 def cmd_sample(a) -> None:
@@ -124,6 +129,8 @@ def cmd_sample(a) -> None:
             s.set_params(diffusion_sigma_min=a.sigma_min if a.sigma_min == "auto" else float(a.sigma_min))
         except ValueError:
             raise CLIError(f"--sigma-min must be 'auto' or a number, got {a.sigma_min!r}") from None
+    if a.privacy_filter is not None:
+        s.set_params(privacy_filter=None if a.privacy_filter == "off" else a.privacy_filter)
     if s.choice_bias_ is not None and s.marginal_rows and s._active_choice_bias() is None:  # changed above
         s.correct_marginals(s.marginal_rows, random_state=a.seed)
     df = s.sample(a.n, random_state=a.seed)
@@ -218,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "fit chose, default) or a number; 0.002 gives the sharper rows that sit nearer the training rows. "
                    "With this or --temperature, the categorical columns' correction is estimated again for the "
                    "new setting (the model's marginal_rows rows, before the N asked for)")
+    s.add_argument("--privacy-filter", choices=["match", "strict", "off"],
+                   help="keep rows out of the training rows' own neighbourhoods: 'match' (no more often than "
+                        "unseen real rows land there), 'strict' (never) or 'off'; default: as fitted")
     s.add_argument("--decoder", help="where the decoder lives now, if it moved")
     s.add_argument("--encoder", help="where the encoder lives now, if it moved")
     s.add_argument("--device", help="cpu, cuda, ...")

@@ -35,6 +35,7 @@ from .metadata import Layout, parse_metadata
 from .model import LatentLogitHead, RowModel, RowVAE
 from .numbers import NumberHead
 from .persistence import ModelFileError, read_model_file, write_model_file
+from .privacy import NearestRowFilter, Quota
 from .schema import Schema, build_frame, check_frame, frame_rows, infer_schema
 from .serialization import FORMATS, NUMBER_FORMATS, RowFormat, encoder_text
 from .training import VAEData, mu_dev, pad_batch, time_diffusion_step, train_diffusion, train_readout, train_vae
@@ -47,7 +48,8 @@ LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hi
                  "latent_head_context": False, "latent_readout": 0, "latent_dropout": 0.0, "number_head": 0,
                  "aux_weight": 0.0, "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
                  "memorisation_gap": None, "diffusion_learning_rate": 1e-3,
-                 "privacy_sample": 0, "diffusion_sigma_min": SIGMA_MIN, "marginal_rows": 0}
+                 "privacy_sample": 0, "diffusion_sigma_min": SIGMA_MIN, "marginal_rows": 0,
+                 "privacy_filter": None}
 MIN_CORRECTION_ROWS = 64  # a marginal correction round with fewer rows than this is not used
 READOUT_DRAWS = 2  # latents near each training row that the read-out's stage learns from
 READOUT_CHOICES = 150_000  # at most this many (row, choice) hidden states held by that stage
@@ -208,6 +210,17 @@ class DiffLMSynthesizer(BaseEstimator):
         Rows sampled at the end of fit for ``privacy_report_``: how much closer they sit to the training
         rows than the validation rows (never learnt from) do, and exact copies; at most the number of
         validation rows, within ``max_time``. 0: no report.
+    privacy_filter : {"match", "strict"} or None
+        Keep new rows out of the training rows' own neighbourhoods (:mod:`tabdifflm.privacy`). A training row's
+        neighbourhood is the ball around it out to its nearest other training row; a new row inside it points
+        at that one row. Unseen real rows land inside such balls too, at a rate the fit measures on the
+        validation slice (``privacy_report_["filter"]["base_rate"]``). "match" (default): :meth:`sample`
+        turns rows away so that no more of its rows are inside than that rate; "strict": none are. Rows
+        turned away are written again (``last_sample_stats_["invalid_by_reason"]["privacy filter"]``). The
+        fitted filter holds the training rows (numbers scaled, categories as codes): a saved model with one
+        is as sensitive as the training table. None at fit: no filter is built. Not built under
+        ``dp_epsilon`` (it reads the training rows outside the accounting). Can be switched between "match"
+        and "strict", or to None, after fit.
     dp_epsilon : float or None
         Train with differential privacy (DP-SGD, Opacus's clipping, noise and RDP accounting) to this epsilon:
         every stage that learns from the rows (the VAE's encoder head, injector, latent head and LoRA adapter;
@@ -305,6 +318,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "max_time": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "memorisation_gap": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "privacy_sample": [Interval(numbers.Integral, 0, None, closed="left")],
+        "privacy_filter": [StrOptions({"match", "strict"}), None],
         "dp_epsilon": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "dp_delta": [Interval(numbers.Real, 0, 1, closed="neither"), None],
         "dp_max_grad_norm": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -335,7 +349,7 @@ class DiffLMSynthesizer(BaseEstimator):
                  number_head=4, aux_weight=1.0, aux_steps=10,
                  aux_stop_gap=0.05, row_features=True, column_loss="column",
                  max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, memorisation_gap=0.15,
-                 privacy_sample=200, dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
+                 privacy_sample=200, privacy_filter="match", dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
                  decoder_adapter=None, lora_rank=8,
                  lora_alpha=16.0, batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=5000, diffusion_learning_rate=2e-3,
@@ -367,6 +381,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.max_time = max_time
         self.memorisation_gap = memorisation_gap
         self.privacy_sample = privacy_sample
+        self.privacy_filter = privacy_filter
         self.dp_epsilon = dp_epsilon
         self.dp_delta = dp_delta
         self.dp_max_grad_norm = dp_max_grad_norm
@@ -514,6 +529,16 @@ class DiffLMSynthesizer(BaseEstimator):
         self.n_features_in_ = len(user_columns)
         self.feature_names_in_ = np.asarray(user_columns, dtype=object)
         deadline = math.inf if self.max_time is None else t_start + float(self.max_time)
+        self.privacy_filter_ = None
+        if self._ledger is not None:
+            self.history_["privacy_filter"] = {"why": "dp_epsilon: the filter reads the training rows outside the "
+                                                      "accounting"}
+        elif self.privacy_filter is not None:  # before the correction and the report, whose rows it filters
+            t = time.monotonic()
+            rows = frame_rows(df, schema)
+            self.privacy_filter_ = NearestRowFilter.fit(schema, [rows[i] for i in train_idx.tolist()],
+                                                        [rows[i] for i in val_idx.tolist()])
+            self.history_["seconds"]["privacy_filter"] = round(time.monotonic() - t, 1)
         if self._ledger is not None:
             self.history_["marginal_correction"] = {"why": "dp_epsilon: the training rows' frequencies are not "
                                                            "covered by the accounting"}
@@ -544,6 +569,9 @@ class DiffLMSynthesizer(BaseEstimator):
         while len(rows) < m and time.monotonic() < deadline:  # small batches: stops near the budget's end
             rows += self._sample_rows(min(64, m - len(rows)), gen)[0]
         report = {"rows": len(rows), "validation_rows": len(val_idx)}
+        if self.privacy_filter_ is not None:  # the rows below passed it
+            report["filter"] = {"mode": self.privacy_filter, "base_rate": round(self.privacy_filter_.base_rate, 4),
+                                "unseen_rows": self.privacy_filter_.unseen_rows}
         if not rows:
             return {**report, "note": "max_time left no time to sample rows for the check"}
         from .metrics import _dcr_matrices, _nearest_l1, closer_than_unseen
@@ -902,6 +930,27 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError(f"X lacks the training columns {missing}")
         return frame_rows(df, self.schema_)
 
+    def filter_rows(self, X, mode=None) -> pd.DataFrame:
+        """The rows of X that the privacy filter keeps, in order (see ``privacy_filter``).
+
+        X: a DataFrame with the training columns, e.g. rows sampled with ``privacy_filter=None``, by
+        :meth:`sample_near`, or by an earlier version. ``mode``: "match" or "strict" (default: the estimator's
+        ``privacy_filter``, which must not be None). Rows inside a training row's neighbourhood are turned
+        away, as :meth:`sample` does: all of them ("strict"), or enough that the share kept inside is at most
+        the unseen rows' ``base_rate`` ("match"). Returns a subset of X with its index.
+        """
+        check_is_fitted(self)
+        mode = self.privacy_filter if mode is None else mode
+        if mode not in ("match", "strict"):
+            raise ValueError(f"mode must be 'match' or 'strict' (or privacy_filter set to one), got {mode!r}")
+        f = getattr(self, "privacy_filter_", None)
+        if f is None:
+            raise ValueError("this model has no fitted privacy filter (fitted with privacy_filter=None or under "
+                             "dp_epsilon, or saved before version 0.18)")
+        inside = f.inside(self._rows_of(X)).tolist()
+        quota = Quota(f.base_rate if mode == "match" else 0.0)
+        return X[np.array([quota.admit(near) for near in inside], dtype=bool)]
+
     @quiet_unless_verbose
     def encode(self, X) -> np.ndarray:
         """Posterior means of the rows of X (a DataFrame with the training columns) -> [n, latent_dim]."""
@@ -1060,6 +1109,7 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError(f"n_samples must be at least 1, got {n_samples}")
         n = int(n_samples)
         conds = parse_conditions(conditions, self.schema_)
+        self._row_filter()  # a filter asked for but never fitted is named before any work
         gen = self._sample_gen if random_state is None else torch.Generator().manual_seed(
             int(check_random_state(random_state).randint(0, 2**31 - 1)))
         world, rank = parallel.world(), parallel.rank()
@@ -1086,7 +1136,9 @@ class DiffLMSynthesizer(BaseEstimator):
                                    "processes": world, "rows_this_process": here,
                                    "constraint_resampled_share": (errors.get("constraints", 0) / generated
                                                                   if generated else 0.0),
-                                   "constraints_in_grammar": info["constraints_in_grammar"]}
+                                   "constraints_in_grammar": info["constraints_in_grammar"],
+                                   "privacy_filter_share": (errors.get("privacy filter", 0) / generated
+                                                            if generated else 0.0)}
         if conds:  # share of prior rows that meet the conditions, as the latent head sees it
             self.last_sample_stats_["condition_share_in_prior"] = (
                 float(np.mean(hits)) if hits else None)
@@ -1095,10 +1147,22 @@ class DiffLMSynthesizer(BaseEstimator):
                                f"({generated} generated); invalid values by column: {errors}")
         return self.layout_.restore(build_frame(got, self.schema_))
 
+    def _row_filter(self):
+        """(filter, a fresh quota) where :meth:`sample` screens its rows (see ``privacy_filter``), else None."""
+        if self.privacy_filter is None or "privacy_filter" in self.history_:  # off, or never built (DP: history says)
+            return None
+        f = getattr(self, "privacy_filter_", None)
+        if f is None:
+            raise ValueError(f"privacy_filter={self.privacy_filter!r}, but this model has no fitted privacy filter (it "
+                             "was fitted with privacy_filter=None, or saved before version 0.18): set_params("
+                             "privacy_filter=None) samples without one; fit again to build one")
+        return f, Quota(f.base_rate if self.privacy_filter == "match" else 0.0)
+
     def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None, info=None):
         """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share).
         ``info["constraints_in_grammar"]`` gets the rules the grammar holds (the others are resampled)."""
         hits = [] if hits is None else hits
+        screen = self._row_filter()
         base = self.row_model()  # unrestricted: what the latent guidance scores with
         rules = self._rules()
         conds = list(conds) + self._sign_conditions({c.column for c in conds}, rules)
@@ -1140,9 +1204,13 @@ class DiffLMSynthesizer(BaseEstimator):
                     if not ok.all():
                         errors["constraints"] = errors.get("constraints", 0) + int((~ok).sum())
                         rows = [r for r, keep in zip(rows, ok) if keep]
-                for row in rows:
+                inside = screen[0].inside(rows).tolist() if screen is not None else [False] * len(rows)
+                for row, near in zip(rows, inside):
                     round_valid += 1
                     if len(got) < n:
+                        if screen is not None and not screen[1].admit(near):  # written again, as broken rows are
+                            errors["privacy filter"] = errors.get("privacy filter", 0) + 1
+                            continue
                         got.append(row)
                         bar.update(1)
             if attempt == 0:
@@ -1377,6 +1445,9 @@ class DiffLMSynthesizer(BaseEstimator):
                 tensors[name] = getattr(self, name + "_")
         if self.denoiser_ is None:
             tensors["latent_cov"] = self.latent_cov_
+        flt = getattr(self, "privacy_filter_", None)
+        if flt is not None:
+            tensors.update({f"privacy_filter.{k}": v for k, v in flt.tensors().items()})
         params = self.get_params()
         rules = self._rules()
         params["constraints"] = [c.to_dict() for c in rules if c.to_dict() is not None] or None
@@ -1393,6 +1464,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 "seed": self.seed_, "feature_names": [str(c) for c in self.feature_names_in_],
                 "fit_seconds": self.fit_seconds_, "privacy_report": self.privacy_report_,
                 "diffusion_sigma_min": self.diffusion_sigma_min_, "choice_bias_at": self.choice_bias_at_,
+                "privacy_filter": None if flt is None else {"base_rate": flt.base_rate, "unseen_rows": flt.unseen_rows},
                 "combinations": [[[v.item() if hasattr(v, "item") else v for v in t] for t in sorted(c.allowed, key=repr)]
                                  if isinstance(c, FixedCombinations) else None
                                  for c in rules if c.to_dict() is not None]}
@@ -1483,6 +1555,13 @@ class DiffLMSynthesizer(BaseEstimator):
         # files from before version 0.14 have no marginal correction
         est.choice_counts_, est.choice_bias_ = tensors.get("choice_counts"), tensors.get("choice_bias")
         est.choice_bias_at_ = meta.get("choice_bias_at")
+        est.privacy_filter_ = None  # files from before version 0.18 have none
+        if meta.get("privacy_filter"):
+            try:
+                est.privacy_filter_ = NearestRowFilter.from_tensors(schema, _part(tensors, "privacy_filter"),
+                                                                    meta["privacy_filter"])
+            except KeyError as e:
+                raise ModelFileError(f"{path}: the privacy filter is incomplete (no {e})") from e
         est.constraints_ = []
         for c, allowed in zip(est.constraints or [], meta.get("combinations") or []):
             c = copy.deepcopy(c)

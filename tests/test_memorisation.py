@@ -33,7 +33,7 @@ def test_history_says_why_each_stage_stopped_and_records_the_gap(fitted):
 
 def test_history_gives_each_stages_seconds_in_order_and_within_the_fit(fitted):
     sec = fitted.history_["seconds"]
-    stages = ["preparation", "vae", "prior", "calibration", "readout"]
+    stages = ["preparation", "vae", "prior", "calibration", "readout", "privacy_filter"]
     stages += ["marginal_correction"] * bool(fitted.marginal_rows) + ["privacy_report"]
     assert list(sec) == stages
     assert all(v >= 0 for v in sec.values()) and sec["vae"] > 0
@@ -215,3 +215,72 @@ def test_the_vae_holds_back_a_later_stages_rows_at_its_measured_rate(monkeypatch
     assert all(h["val_s"] == 2.0 for h in hist)  # four rows at 0.5 s, recorded with every evaluation
     hist, reason, end = _clocked_vae(monkeypatch, 20)
     assert reason == "time budget" and 80 <= end <= 85
+
+
+def test_the_fit_builds_the_privacy_filter_from_the_rows_it_learnt_and_saves_it(fitted, tmp_path):
+    """The filter holds the 216 training rows the model learnt from (not the 24 validation rows), its base rate
+    is the validation rows' share inside, as the report says, and it comes back from the file unchanged."""
+    from tabdifflm.privacy import NearestRowFilter
+    from tabdifflm.schema import frame_rows
+
+    f = fitted.privacy_filter_
+    assert len(f.numbers) == len(f.codes) == len(f.radius) == 216 and f.unseen_rows == 24
+    rows = frame_rows(_rows(240), fitted.schema_)
+    perm = torch.randperm(240, generator=torch.Generator().manual_seed(fitted.seed_))
+    again = NearestRowFilter.fit(fitted.schema_, [rows[i] for i in perm[24:]], [rows[i] for i in perm[:24]])
+    assert torch.equal(again.radius, f.radius) and again.base_rate == f.base_rate
+    inside = f.inside([rows[i] for i in perm[24:]])  # a training row sits on itself, distance 0 ...
+    assert inside[f.radius > 0].all() and (f.radius > 0).sum() > 200  # ... inside unless it has a twin
+    assert fitted.privacy_report_["filter"] == {"mode": "match", "base_rate": round(f.base_rate, 4), "unseen_rows": 24}
+    fitted.save(tmp_path / "m.tdl")
+    loaded = DiffLMSynthesizer.load(tmp_path / "m.tdl").privacy_filter_
+    assert loaded.base_rate == f.base_rate and all(torch.equal(loaded.tensors()[k], v) for k, v in f.tensors().items())
+
+
+@pytest.mark.parametrize("mode, rate", [("strict", 0.0), ("match", 0.25)])
+def test_sampling_turns_away_rows_inside_a_training_rows_neighbourhood(fitted, mode, rate, monkeypatch):
+    """With every radius set so that about half the new rows fall inside, "strict" returns none inside and
+    "match" no more than the base rate; the rows turned away are counted and written again."""
+    from tabdifflm.privacy import nearest
+    from tabdifflm.schema import frame_rows
+
+    f = fitted.privacy_filter_
+    fitted.set_params(privacy_filter=None)
+    x, c = f.encode(frame_rows(fitted.sample(100, random_state=2), fitted.schema_))
+    monkeypatch.setattr(f, "radius", torch.full_like(f.radius, float(nearest(x, c, f.numbers, f.codes)[0].median())))
+    monkeypatch.setattr(f, "base_rate", rate)
+    monkeypatch.setattr(fitted, "privacy_filter", mode)
+    out = fitted.sample(40, random_state=1)
+    inside = f.inside(frame_rows(out, fitted.schema_))
+    assert len(out) == 40 and inside.float().mean() <= rate
+    stats = fitted.last_sample_stats_
+    assert stats["invalid_by_reason"]["privacy filter"] > 0 and stats["privacy_filter_share"] > 0
+    fitted.set_params(privacy_filter=None)
+    assert f.inside(frame_rows(fitted.sample(40, random_state=1), fitted.schema_)).float().mean() > 0.3
+    fitted.set_params(privacy_filter="match")
+
+
+def test_a_filter_never_built_is_named_and_dp_fits_sample_without_one(tiny_kwargs):
+    s = DiffLMSynthesizer(**{**tiny_kwargs, "privacy_filter": None, "privacy_sample": 0, "marginal_rows": 0,
+                             "latent_readout": 0}).fit(_rows(60))
+    assert s.privacy_filter_ is None
+    s.set_params(privacy_filter="strict")
+    with pytest.raises(ValueError, match="privacy_filter='strict'.*no fitted privacy filter"):
+        s.sample(3)
+
+
+def test_filter_rows_screens_given_rows_as_sampling_does(fitted):
+    """The fit's own rows: every training row is inside its own neighbourhood, so "strict" keeps only
+    validation rows, and "match" keeps no more inside than the base rate."""
+    df = _rows(240)
+    perm = torch.randperm(240, generator=torch.Generator().manual_seed(fitted.seed_))
+    kept = fitted.filter_rows(df, mode="strict")
+    twins = set(df.index[df.duplicated(keep=False)])  # a training row with a twin has radius 0: nothing is nearer
+    assert 0 < len(kept) <= 24 + len(twins) and set(kept.index) <= set(perm[:24].tolist()) | twins
+    matched = fitted.filter_rows(df, mode="match")
+    from tabdifflm.schema import frame_rows
+
+    inside = fitted.privacy_filter_.inside(frame_rows(matched, fitted.schema_))
+    assert inside.float().mean() <= fitted.privacy_filter_.base_rate and len(matched) > len(kept)
+    with pytest.raises(ValueError, match="mode must be"):
+        fitted.filter_rows(df, mode="loose")

@@ -1,0 +1,140 @@
+"""Sample-time privacy filter: new rows may not sit inside a training row's own neighbourhood.
+
+A training row's neighbourhood is the ball around it whose radius is the distance to its nearest *other*
+training row. A new row inside it is nearer that one row than any other training row is: it points at that
+row (the "authenticity" test of Alaa et al., ICML 2022, "How faithful is your synthetic data?"). Rows the
+model never saw land in such balls too, at a rate the validation slice measures (``base_rate``); the filter
+keeps new rows from landing there more often than that ("match") or at all ("strict").
+
+Why it is needed: a sampler stopped early returns a blend of nearby training latents, and the decoder writes
+the blend with the categorical profile of its heaviest training row. Where that row's profile is rare, the new
+row carries the whole profile with its numbers moderately near: anonymeter's linkability attack joins the
+two halves of exactly such rows (docs/design.md, "Privacy filter").
+
+Distances are L1 over the columns as :func:`tabdifflm.metrics.dcr` measures them: numbers scaled by the
+training range (missing = -1, at least 1 from any value), a category mismatch 2 (as one-hot vectors differ).
+The fitted filter holds every training row in this encoded form, so a saved model that has one must be kept
+as carefully as the training table itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .schema import Schema
+
+MODES = ("match", "strict")
+
+
+class RowEncoding:
+    """Rows of plain values (schema order) -> (numbers [n, m] float32, category codes [n, c] int64)."""
+
+    def __init__(self, schema: Schema):
+        self.num = [i for i, c in enumerate(schema.columns) if c.kind != "categorical"]
+        self.cat = [i for i, c in enumerate(schema.columns) if c.kind == "categorical"]
+        cols = schema.columns
+        self.low = np.array([float(cols[i].min if cols[i].min is not None else 0.0) for i in self.num])
+        span = np.array([float(cols[i].max if cols[i].max is not None else 0.0) for i in self.num]) - self.low
+        self.span = np.where(span > 0, span, 1.0)
+        # category -> code; an unseen value or a missing one gets its own code, -1 / -2, so it matches nothing
+        # but itself
+        self.codes = [{v: k for k, v in enumerate(cols[i].categories)} for i in self.cat]
+
+    def __call__(self, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(rows)
+        x = np.full((n, len(self.num)), -1.0)
+        for j, i in enumerate(self.num):
+            vals = [r[i] for r in rows]
+            ok = np.array([v is not None for v in vals], dtype=bool)
+            if ok.any():
+                x[ok, j] = (np.array([float(v) for v in vals if v is not None]) - self.low[j]) / self.span[j]
+        codes = np.array([[m.get(r[i], -1) if r[i] is not None else -2 for i, m in zip(self.cat, self.codes)]
+                          for r in rows], dtype=np.int64).reshape(n, len(self.cat))
+        return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(codes)
+
+
+def nearest(xa, ca, xb, cb, exclude_self: bool = False, chunk: int = 256, budget: float = 2e8):
+    """Each row of a's nearest row of b: (distance [na], index [na]).
+
+    xa [na, m], ca [na, c]: a's scaled numbers and category codes; xb, cb the same for b. The distance is
+    sum |numbers| + 2 x category mismatches. ``exclude_self``: a is b, and a row is not its own neighbour.
+    """
+    nb, c = len(xb), ca.shape[1]
+    rows = max(1, min(chunk, int(budget // max(1, nb * max(1, c)))))  # keeps [rows, nb, c] in memory bounds
+    dist, idx = [], []
+    for s in range(0, len(xa), rows):
+        d = torch.cdist(xa[s:s + rows], xb, p=1) if xa.shape[1] else torch.zeros(len(xa[s:s + rows]), nb)
+        if c:
+            d = d + 2.0 * (ca[s:s + rows, None, :] != cb[None, :, :]).sum(-1)
+        if exclude_self:
+            k = torch.arange(s, s + len(d))
+            d[torch.arange(len(d)), k] = float("inf")
+        v, i = d.min(1)
+        dist.append(v)
+        idx.append(i)
+    return torch.cat(dist), torch.cat(idx)
+
+
+class NearestRowFilter:
+    """Which new rows sit inside a training row's own neighbourhood, and how often unseen rows do.
+
+    Built by :meth:`fit` from the training rows the model learnt from and the validation rows it never saw.
+    ``radius[i]`` is training row i's distance to its nearest other training row; a row is *inside* when its
+    nearest training row j is nearer than ``radius[j]``. ``base_rate``: the share of validation rows inside,
+    what rows independent of the training rows show.
+    """
+
+    def __init__(self, schema: Schema, numbers: torch.Tensor, codes: torch.Tensor, radius: torch.Tensor,
+                 base_rate: float, unseen_rows: int):
+        self.encode = RowEncoding(schema)
+        self.numbers, self.codes, self.radius = numbers, codes, radius
+        self.base_rate, self.unseen_rows = float(base_rate), int(unseen_rows)
+
+    @classmethod
+    def fit(cls, schema: Schema, train_rows: list, unseen_rows: list) -> "NearestRowFilter":
+        """train_rows: rows the model learnt from (at least 2); unseen_rows: rows it never saw (may be empty,
+        then ``base_rate`` is 0 and "match" acts as "strict")."""
+        if len(train_rows) < 2:
+            raise ValueError(f"the privacy filter needs at least 2 training rows, got {len(train_rows)}")
+        enc = RowEncoding(schema)
+        x, c = enc(train_rows)
+        radius, _ = nearest(x, c, x, c, exclude_self=True)
+        f = cls(schema, x, c, radius, 0.0, len(unseen_rows))
+        if unseen_rows:
+            f.base_rate = float(f.inside(unseen_rows).float().mean())
+        return f
+
+    def inside(self, rows: list) -> torch.Tensor:
+        """rows (schema order) -> bool [n]: the row is nearer its nearest training row than that row's own
+        nearest other training row is."""
+        if not rows:
+            return torch.zeros(0, dtype=torch.bool)
+        x, c = self.encode(rows)
+        d, j = nearest(x, c, self.numbers, self.codes)
+        return d < self.radius[j]
+
+    def tensors(self) -> dict:
+        return {"numbers": self.numbers, "codes": self.codes, "radius": self.radius}
+
+    @classmethod
+    def from_tensors(cls, schema: Schema, t: dict, meta: dict) -> "NearestRowFilter":
+        return cls(schema, t["numbers"], t["codes"], t["radius"], meta["base_rate"], meta["unseen_rows"])
+
+
+class Quota:
+    """Keeps the share of accepted rows that are inside at most ``rate``, over one call's rows in order.
+
+    A row inside is accepted while (accepted inside + 1) <= rate x (accepted + 1); rows outside always are.
+    Rows are independent draws, so which inside rows are turned away does not bias what stays.
+    """
+
+    def __init__(self, rate: float):
+        self.rate, self.kept, self.kept_inside, self.rejected = float(rate), 0, 0, 0
+
+    def admit(self, inside: bool) -> bool:
+        if inside and self.kept_inside + 1 > self.rate * (self.kept + 1):
+            self.rejected += 1
+            return False
+        self.kept += 1
+        self.kept_inside += bool(inside)
+        return True
