@@ -1,4 +1,5 @@
 """The command line end to end on tiny models: fit, sample, evaluate, info, and its errors."""
+import io
 import json
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
+from tabdifflm import DiffLMSynthesizer
 from tabdifflm.cli import main
 
 
@@ -61,6 +63,10 @@ def test_sample_to_stdout_is_csv(adult_csv, tiny_args, capsys):
     stopped = capsys.readouterr().out
     assert main(["sample", str(model), "-n", "4", "-o", "-", "-q", "--sigma-min", "0.002", "--seed", "3"]) == 0
     assert capsys.readouterr().out != stopped  # other latents, other rows
+    assert main(["sample", str(model), "-n", "4", "-o", "-", "-q", "--seed", "3", "--privacy-filter", "strict"]) == 0
+    m = DiffLMSynthesizer.load(model)
+    strict = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert len(strict) == 4 and not m.privacy_filter_.inside(m._rows_of(strict)).any()
     assert main(["sample", str(model), "-n", "4", "-o", "-", "--sigma-min", "low"]) == 1
     assert "--sigma-min must be 'auto' or a number, got 'low'" in capsys.readouterr().err
 
