@@ -1,11 +1,12 @@
-"""What the privacy filter buys: anonymeter's risks, DCR and usefulness of one model's rows unscreened, screened
-as ``privacy_filter="match"`` (the default) and as "strict".
+"""What the privacy filter buys: anonymeter's risks, DCR and usefulness of one model's rows unscreened and
+screened four ways (``privacy_filter`` "strict" at ``privacy_filter_radius`` 0.5, the default; "strict" and
+"match" at 1.0).
 
     python -m benchmarks.privacy_filter --model DIR/adult_long.tdl --sample-seeds 3 --stem privacy_filter_adult_long
 
 Each set of rows comes from one unscreened draw of ``--pool`` rows (``privacy_filter=None``, sampling seed
-k): "no filter" is its first ``n`` rows, "match" and "strict" the first ``n`` that :meth:`filter_rows` keeps, so
-the three variants differ only by the filter (``sample()`` screens the same way as it writes, with a
+k): "no filter" is its first ``n`` rows, the others the first ``n`` that :meth:`filter_rows` keeps, so the
+variants differ only by the filter (``sample()`` screens the same way as it writes, with a
 different random stream). Attacks and scores as :mod:`benchmarks.privacy` (every training row a target,
 the holdout as control rows; MLE with three classifier seeds). ``--pool-dir`` keeps the draws, so a rerun
 only scores. Writes ``results/<stem>.{json,md}``.
@@ -28,7 +29,9 @@ from tabdifflm.privacy import NearestRowFilter
 from .mle_ablation import cpu_name
 from .run import save_results, split
 
-VARIANTS = ("no filter", "match", "strict")
+# (mode, radius share): the default, then the whole neighbourhood turned away or matched to unseen rows
+VARIANTS = {"no filter": (None, 1.0), "strict at 0.5 (default)": ("strict", 0.5), "strict at 1.0": ("strict", 1.0),
+            "match at 1.0": ("match", 1.0)}
 
 
 def filter_as_fit_builds_it(synth, train) -> NearestRowFilter:
@@ -56,16 +59,16 @@ def score(args) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# Privacy filter on {res['dataset']} ({res['model']})", "",
+    lines = [f"Privacy filter on {res['dataset']} ({res['model']}).", "",
              f"CPU: {res['cpu']}. {res['sample_seeds']} sets of {res['rows']} rows a variant, each from a draw of "
              f"{res['pool']} unscreened rows; {res['attacks']} attacks; residuals are means ± standard error "
              "over the sets, with how many sets' 95 % intervals lie above 0. Base rate (validation rows inside a "
-             f"training row's neighbourhood): {res['base_rate']:.3f}"
+             f"training row's neighbourhood, by radius share): {res['base_rate']}"
              + (f"; sets topped up from the next seed's draw (rows): {res['topped_up']}" if res.get("topped_up")
                 else "")
              + (" (the model predates the filter: built from its fit's rows and split, as fit does)."
                 if res.get("filter_built_here") else "."), "",
-             "| rows | inside share | linkability | inference | DCR closer to train | MLE | shapes / trends err % |",
+             "| rows (radius share) | inside share | linkability | inference | DCR closer to train | MLE | shapes / trends err % |",
              "|---|---|---|---|---|---|---|"]
     for v, sets in res["variants"].items():
         def ms(k):
@@ -98,10 +101,10 @@ def main(argv=None):
     built_here = getattr(synth, "privacy_filter_", None) is None
     if built_here:
         synth.privacy_filter_ = filter_as_fit_builds_it(synth, train)
-        synth.set_params(privacy_filter="match")
     n, f = len(train), synth.privacy_filter_
     res = {"dataset": args.dataset, "model": Path(args.model).name, "cpu": cpu_name(), "rows": n, "pool": args.pool,
-           "attacks": args.attacks, "sample_seeds": args.sample_seeds, "base_rate": f.base_rate,
+           "attacks": args.attacks, "sample_seeds": args.sample_seeds,
+           "base_rate": {str(r): f.base_rate(r) for r in sorted({r for _, r in VARIANTS.values()})},
            "filter_built_here": built_here,
            "seconds": {}, "variants": {v: [] for v in VARIANTS}}
     jobs, pools = [], []
@@ -119,13 +122,14 @@ def main(argv=None):
         pools.append(pool.reset_index(drop=True))
     res["topped_up"] = {}
     for k in range(args.sample_seeds):
-        for v in VARIANTS:
+        for v, (mode, share) in VARIANTS.items():
+            synth.set_params(privacy_filter_radius=share)
             # a set the filter leaves short of n rows is topped up from the next seeds' draws, screened alike
             parts, got = [], 0
             for j in range(args.sample_seeds):
                 pool = pools[(k + j) % args.sample_seeds]
-                kept = pool if v == "no filter" else synth.filter_rows(pool, mode=v)
-                parts.append(pool.loc[kept.index].assign(_inside=f.inside(synth._rows_of(kept)).numpy()))
+                kept = pool if mode is None else synth.filter_rows(pool, mode=mode)
+                parts.append(pool.loc[kept.index].assign(_inside=f.inside(synth._rows_of(kept), share).numpy()))
                 got += len(kept)
                 if got >= n:
                     break

@@ -108,10 +108,10 @@ def cmd_fit(a) -> None:
               f"{rep['closer_than_unseen']:.2f} [{rep['interval_95'][0]:.2f}, {rep['interval_95'][1]:.2f}] "
               f"(0.5 = like unseen data, 1 = copies); {rep['exact_copies']} exact copies", file=sys.stderr)
     if rep and "filter" in rep:
-        print(f"privacy filter ({rep['filter']['mode']}): {rep['filter']['base_rate']:.1%} of "
-              f"{rep['filter']['unseen_rows']} unseen rows sit inside a training row's own neighbourhood; sampled "
-              f"rows are kept {'at or below that' if rep['filter']['mode'] == 'match' else 'out of them all'}",
-              file=sys.stderr)
+        flt = rep["filter"]
+        print(f"privacy filter ({flt['mode']}, radius {flt['radius']:g}): {flt['base_rate']:.1%} of "
+              f"{flt['unseen_rows']} unseen rows sit inside a training row's own neighbourhood; sampled rows are "
+              f"kept {'at or below that' if flt['mode'] == 'match' else 'out of them all'}", file=sys.stderr)
 
 
 def cmd_sample(a) -> None:
@@ -131,6 +131,10 @@ def cmd_sample(a) -> None:
             raise CLIError(f"--sigma-min must be 'auto' or a number, got {a.sigma_min!r}") from None
     if a.privacy_filter is not None:
         s.set_params(privacy_filter=None if a.privacy_filter == "off" else a.privacy_filter)
+    if a.privacy_radius is not None:
+        if not 0 < a.privacy_radius <= 1:
+            raise CLIError(f"--privacy-radius must be in (0, 1], got {a.privacy_radius}")
+        s.set_params(privacy_filter_radius=a.privacy_radius)
     if s.choice_bias_ is not None and s.marginal_rows and s._active_choice_bias() is None:  # changed above
         s.correct_marginals(s.marginal_rows, random_state=a.seed)
     df = s.sample(a.n, random_state=a.seed)
@@ -226,8 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "With this or --temperature, the categorical columns' correction is estimated again for the "
                    "new setting (the model's marginal_rows rows, before the N asked for)")
     s.add_argument("--privacy-filter", choices=["match", "strict", "off"],
-                   help="keep rows out of the training rows' own neighbourhoods: 'match' (no more often than "
-                        "unseen real rows land there), 'strict' (never) or 'off'; default: as fitted")
+                   help="keep rows out of the training rows' own neighbourhoods: 'strict' (never), 'match' (no "
+                        "more often than unseen real rows land there) or 'off'; default: as fitted")
+    s.add_argument("--privacy-radius", type=float, metavar="SHARE",
+                   help="the neighbourhood's radius as a share of the distance to the nearest other training row "
+                        "(0.5 by default: nearer a training row than the midpoint to its neighbour)")
     s.add_argument("--decoder", help="where the decoder lives now, if it moved")
     s.add_argument("--encoder", help="where the encoder lives now, if it moved")
     s.add_argument("--device", help="cpu, cuda, ...")

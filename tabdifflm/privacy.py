@@ -2,9 +2,12 @@
 
 A training row's neighbourhood is the ball around it whose radius is the distance to its nearest *other*
 training row. A new row inside it is nearer that one row than any other training row is: it points at that
-row (the "authenticity" test of Alaa et al., ICML 2022, "How faithful is your synthetic data?"). Rows the
-model never saw land in such balls too, at a rate the validation slice measures (``base_rate``); the filter
-keeps new rows from landing there more often than that ("match") or at all ("strict").
+row (the "authenticity" test of Alaa et al., ICML 2022, "How faithful is your synthetic data?"). A row within
+half that radius is nearer the training row than the midpoint between it and its neighbour: it is that
+row's more than anyone's. ``share`` sets the ball's size as a share of the radius (1 = the whole
+neighbourhood). Rows the model never saw land in such balls too, at a rate the validation slice measures
+(:meth:`NearestRowFilter.base_rate`); the filter keeps new rows from landing there more often than that
+("match") or at all ("strict").
 
 Why it is needed: a sampler stopped early returns a blend of nearby training latents, and the decoder writes
 the blend with the categorical profile of its heaviest training row. Where that row's profile is rare, the new
@@ -79,46 +82,60 @@ class NearestRowFilter:
     """Which new rows sit inside a training row's own neighbourhood, and how often unseen rows do.
 
     Built by :meth:`fit` from the training rows the model learnt from and the validation rows it never saw.
-    ``radius[i]`` is training row i's distance to its nearest other training row; a row is *inside* when its
-    nearest training row j is nearer than ``radius[j]``. ``base_rate``: the share of validation rows inside,
-    what rows independent of the training rows show.
+    ``radius[i]`` is training row i's distance to its nearest other training row; a row is *inside* (at
+    ``share``) when its nearest training row j is nearer than ``share x radius[j]``. ``unseen_ratio`` [m]:
+    each validation row's distance to its nearest training row over that row's radius, from which
+    :meth:`base_rate` gives the share of rows independent of the training rows that are inside.
     """
 
     def __init__(self, schema: Schema, numbers: torch.Tensor, codes: torch.Tensor, radius: torch.Tensor,
-                 base_rate: float, unseen_rows: int):
+                 unseen_ratio: torch.Tensor):
         self.encode = RowEncoding(schema)
-        self.numbers, self.codes, self.radius = numbers, codes, radius
-        self.base_rate, self.unseen_rows = float(base_rate), int(unseen_rows)
+        self.numbers, self.codes, self.radius, self.unseen_ratio = numbers, codes, radius, unseen_ratio
+
+    @property
+    def unseen_rows(self) -> int:
+        return len(self.unseen_ratio)
+
+    def base_rate(self, share: float = 1.0) -> float:
+        """Share of the validation rows inside a ball of ``share`` x radius (0.0 without validation rows)."""
+        return float((self.unseen_ratio < share).float().mean()) if len(self.unseen_ratio) else 0.0
 
     @classmethod
     def fit(cls, schema: Schema, train_rows: list, unseen_rows: list) -> "NearestRowFilter":
         """train_rows: rows the model learnt from (at least 2); unseen_rows: rows it never saw (may be empty,
-        then ``base_rate`` is 0 and "match" acts as "strict")."""
+        then the base rate is 0 and "match" acts as "strict")."""
         if len(train_rows) < 2:
             raise ValueError(f"the privacy filter needs at least 2 training rows, got {len(train_rows)}")
         enc = RowEncoding(schema)
         x, c = enc(train_rows)
         radius, _ = nearest(x, c, x, c, exclude_self=True)
-        f = cls(schema, x, c, radius, 0.0, len(unseen_rows))
-        if unseen_rows:
-            f.base_rate = float(f.inside(unseen_rows).float().mean())
+        f = cls(schema, x, c, radius, torch.zeros(0))
+        f.unseen_ratio = f.ratio(unseen_rows)
         return f
 
-    def inside(self, rows: list) -> torch.Tensor:
-        """rows (schema order) -> bool [n]: the row is nearer its nearest training row than that row's own
-        nearest other training row is."""
+    def ratio(self, rows: list) -> torch.Tensor:
+        """rows (schema order) -> [n]: distance to the nearest training row over that row's radius (inf where
+        the radius is 0: a training row with a twin, which nothing is nearer than)."""
         if not rows:
-            return torch.zeros(0, dtype=torch.bool)
+            return torch.zeros(0)
         x, c = self.encode(rows)
         d, j = nearest(x, c, self.numbers, self.codes)
-        return d < self.radius[j]
+        r = self.radius[j]
+        return torch.where(r > 0, d / r.clamp_min(1e-12), torch.full_like(d, float("inf")))
+
+    def inside(self, rows: list, share: float = 1.0) -> torch.Tensor:
+        """rows (schema order) -> bool [n]: the row is nearer its nearest training row than ``share`` x that
+        row's distance to its own nearest other training row."""
+        return self.ratio(rows) < share
 
     def tensors(self) -> dict:
-        return {"numbers": self.numbers, "codes": self.codes, "radius": self.radius}
+        return {"numbers": self.numbers, "codes": self.codes, "radius": self.radius,
+                "unseen_ratio": self.unseen_ratio}
 
     @classmethod
-    def from_tensors(cls, schema: Schema, t: dict, meta: dict) -> "NearestRowFilter":
-        return cls(schema, t["numbers"], t["codes"], t["radius"], meta["base_rate"], meta["unseen_rows"])
+    def from_tensors(cls, schema: Schema, t: dict) -> "NearestRowFilter":
+        return cls(schema, t["numbers"], t["codes"], t["radius"], t["unseen_ratio"])
 
 
 class Quota:

@@ -49,7 +49,7 @@ LEGACY_PARAMS = {"number_format": "plain", "latent_head": False, "latent_head_hi
                  "aux_weight": 0.0, "aux_steps": 0, "aux_stop_gap": None, "row_features": False, "column_loss": "token",
                  "memorisation_gap": None, "diffusion_learning_rate": 1e-3,
                  "privacy_sample": 0, "diffusion_sigma_min": SIGMA_MIN, "marginal_rows": 0,
-                 "privacy_filter": None}
+                 "privacy_filter": None, "privacy_filter_radius": 1.0}
 MIN_CORRECTION_ROWS = 64  # a marginal correction round with fewer rows than this is not used
 READOUT_DRAWS = 2  # latents near each training row that the read-out's stage learns from
 READOUT_CHOICES = 150_000  # at most this many (row, choice) hidden states held by that stage
@@ -210,17 +210,23 @@ class DiffLMSynthesizer(BaseEstimator):
         Rows sampled at the end of fit for ``privacy_report_``: how much closer they sit to the training
         rows than the validation rows (never learnt from) do, and exact copies; at most the number of
         validation rows, within ``max_time``. 0: no report.
-    privacy_filter : {"match", "strict"} or None
+    privacy_filter : {"strict", "match"} or None
         Keep new rows out of the training rows' own neighbourhoods (:mod:`tabdifflm.privacy`). A training row's
-        neighbourhood is the ball around it out to its nearest other training row; a new row inside it points
-        at that one row. Unseen real rows land inside such balls too, at a rate the fit measures on the
-        validation slice (``privacy_report_["filter"]["base_rate"]``). "match" (default): :meth:`sample`
-        turns rows away so that no more of its rows are inside than that rate; "strict": none are. Rows
-        turned away are written again (``last_sample_stats_["invalid_by_reason"]["privacy filter"]``). The
-        fitted filter holds the training rows (numbers scaled, categories as codes): a saved model with one
-        is as sensitive as the training table. None at fit: no filter is built. Not built under
-        ``dp_epsilon`` (it reads the training rows outside the accounting). Can be switched between "match"
-        and "strict", or to None, after fit.
+        neighbourhood is a ball around it, ``privacy_filter_radius`` times its distance to its nearest other
+        training row; a new row inside it points at that one row. Unseen real rows land inside such balls
+        too, at a rate the fit measures on the validation slice (``privacy_report_["filter"]["base_rate"]``).
+        "strict" (default since 0.18): :meth:`sample` turns away every row inside; "match": only enough that
+        no more of its rows are inside than that rate. Rows turned away are written again
+        (``last_sample_stats_["privacy_filter_share"]``). The fitted filter holds the training rows (numbers
+        scaled, categories as codes): a saved model with one is as sensitive as the training table. None at
+        fit: no filter is built. Not built under ``dp_epsilon`` (it reads the training rows outside the
+        accounting). Can be changed after fit (to None as well).
+    privacy_filter_radius : float in (0, 1]
+        The neighbourhood's radius as a share of the distance to the nearest other training row. 0.5
+        (default): a row is turned away when it sits nearer a training row than the midpoint between that
+        row and its nearest training neighbour; 1: anywhere nearer it than that neighbour (on Adult this
+        turned away 42 % of rows and pushed them further from the training rows than unseen rows are; 0.5
+        turned away 22 %, docs/design.md). Can be changed after fit.
     dp_epsilon : float or None
         Train with differential privacy (DP-SGD, Opacus's clipping, noise and RDP accounting) to this epsilon:
         every stage that learns from the rows (the VAE's encoder head, injector, latent head and LoRA adapter;
@@ -319,6 +325,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "memorisation_gap": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "privacy_sample": [Interval(numbers.Integral, 0, None, closed="left")],
         "privacy_filter": [StrOptions({"match", "strict"}), None],
+        "privacy_filter_radius": [Interval(numbers.Real, 0, 1, closed="right")],
         "dp_epsilon": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "dp_delta": [Interval(numbers.Real, 0, 1, closed="neither"), None],
         "dp_max_grad_norm": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -349,7 +356,8 @@ class DiffLMSynthesizer(BaseEstimator):
                  number_head=4, aux_weight=1.0, aux_steps=10,
                  aux_stop_gap=0.05, row_features=True, column_loss="column",
                  max_beta=0.01, min_beta=1e-3, max_epochs=10, max_time=None, memorisation_gap=0.15,
-                 privacy_sample=200, privacy_filter="match", dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
+                 privacy_sample=200, privacy_filter="strict",
+                 privacy_filter_radius=0.5, dp_epsilon=None, dp_delta=None, dp_max_grad_norm=1.0,
                  decoder_adapter=None, lora_rank=8,
                  lora_alpha=16.0, batch_size=16, learning_rate=3e-3, encoder_learning_rate=5e-5, prior="diffusion",
                  diffusion_steps=50, diffusion_train_steps=5000, diffusion_learning_rate=2e-3,
@@ -382,6 +390,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.memorisation_gap = memorisation_gap
         self.privacy_sample = privacy_sample
         self.privacy_filter = privacy_filter
+        self.privacy_filter_radius = privacy_filter_radius
         self.dp_epsilon = dp_epsilon
         self.dp_delta = dp_delta
         self.dp_max_grad_norm = dp_max_grad_norm
@@ -570,7 +579,9 @@ class DiffLMSynthesizer(BaseEstimator):
             rows += self._sample_rows(min(64, m - len(rows)), gen)[0]
         report = {"rows": len(rows), "validation_rows": len(val_idx)}
         if self.privacy_filter_ is not None:  # the rows below passed it
-            report["filter"] = {"mode": self.privacy_filter, "base_rate": round(self.privacy_filter_.base_rate, 4),
+            share = float(self.privacy_filter_radius)
+            report["filter"] = {"mode": self.privacy_filter, "radius": share,
+                                "base_rate": round(self.privacy_filter_.base_rate(share), 4),
                                 "unseen_rows": self.privacy_filter_.unseen_rows}
         if not rows:
             return {**report, "note": "max_time left no time to sample rows for the check"}
@@ -937,7 +948,8 @@ class DiffLMSynthesizer(BaseEstimator):
         :meth:`sample_near`, or by an earlier version. ``mode``: "match" or "strict" (default: the estimator's
         ``privacy_filter``, which must not be None). Rows inside a training row's neighbourhood are turned
         away, as :meth:`sample` does: all of them ("strict"), or enough that the share kept inside is at most
-        the unseen rows' ``base_rate`` ("match"). Returns a subset of X with its index.
+        the unseen rows' base rate ("match"), at ``privacy_filter_radius``. Returns a subset of X with its
+        index.
         """
         check_is_fitted(self)
         mode = self.privacy_filter if mode is None else mode
@@ -947,8 +959,9 @@ class DiffLMSynthesizer(BaseEstimator):
         if f is None:
             raise ValueError("this model has no fitted privacy filter (fitted with privacy_filter=None or under "
                              "dp_epsilon, or saved before version 0.18)")
-        inside = f.inside(self._rows_of(X)).tolist()
-        quota = Quota(f.base_rate if mode == "match" else 0.0)
+        share = float(self.privacy_filter_radius)
+        inside = f.inside(self._rows_of(X), share).tolist()
+        quota = Quota(f.base_rate(share) if mode == "match" else 0.0)
         return X[np.array([quota.admit(near) for near in inside], dtype=bool)]
 
     @quiet_unless_verbose
@@ -1148,7 +1161,8 @@ class DiffLMSynthesizer(BaseEstimator):
         return self.layout_.restore(build_frame(got, self.schema_))
 
     def _row_filter(self):
-        """(filter, a fresh quota) where :meth:`sample` screens its rows (see ``privacy_filter``), else None."""
+        """(filter, a fresh quota, radius share) where :meth:`sample` screens its rows (``privacy_filter``), else
+        None."""
         if self.privacy_filter is None or "privacy_filter" in self.history_:  # off, or never built (DP: history says)
             return None
         f = getattr(self, "privacy_filter_", None)
@@ -1156,7 +1170,8 @@ class DiffLMSynthesizer(BaseEstimator):
             raise ValueError(f"privacy_filter={self.privacy_filter!r}, but this model has no fitted privacy filter (it "
                              "was fitted with privacy_filter=None, or saved before version 0.18): set_params("
                              "privacy_filter=None) samples without one; fit again to build one")
-        return f, Quota(f.base_rate if self.privacy_filter == "match" else 0.0)
+        share = float(self.privacy_filter_radius)
+        return f, Quota(f.base_rate(share) if self.privacy_filter == "match" else 0.0), share
 
     def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None, info=None):
         """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share).
@@ -1204,7 +1219,7 @@ class DiffLMSynthesizer(BaseEstimator):
                     if not ok.all():
                         errors["constraints"] = errors.get("constraints", 0) + int((~ok).sum())
                         rows = [r for r, keep in zip(rows, ok) if keep]
-                inside = screen[0].inside(rows).tolist() if screen is not None else [False] * len(rows)
+                inside = screen[0].inside(rows, screen[2]).tolist() if screen is not None else [False] * len(rows)
                 for row, near in zip(rows, inside):
                     round_valid += 1
                     if len(got) < n:
@@ -1464,7 +1479,7 @@ class DiffLMSynthesizer(BaseEstimator):
                 "seed": self.seed_, "feature_names": [str(c) for c in self.feature_names_in_],
                 "fit_seconds": self.fit_seconds_, "privacy_report": self.privacy_report_,
                 "diffusion_sigma_min": self.diffusion_sigma_min_, "choice_bias_at": self.choice_bias_at_,
-                "privacy_filter": None if flt is None else {"base_rate": flt.base_rate, "unseen_rows": flt.unseen_rows},
+                "privacy_filter": None if flt is None else {"unseen_rows": flt.unseen_rows},
                 "combinations": [[[v.item() if hasattr(v, "item") else v for v in t] for t in sorted(c.allowed, key=repr)]
                                  if isinstance(c, FixedCombinations) else None
                                  for c in rules if c.to_dict() is not None]}
@@ -1558,8 +1573,7 @@ class DiffLMSynthesizer(BaseEstimator):
         est.privacy_filter_ = None  # files from before version 0.18 have none
         if meta.get("privacy_filter"):
             try:
-                est.privacy_filter_ = NearestRowFilter.from_tensors(schema, _part(tensors, "privacy_filter"),
-                                                                    meta["privacy_filter"])
+                est.privacy_filter_ = NearestRowFilter.from_tensors(schema, _part(tensors, "privacy_filter"))
             except KeyError as e:
                 raise ModelFileError(f"{path}: the privacy filter is incomplete (no {e})") from e
         est.constraints_ = []

@@ -66,7 +66,7 @@ def test_sample_to_stdout_is_csv(adult_csv, tiny_args, capsys):
     assert main(["sample", str(model), "-n", "4", "-o", "-", "-q", "--seed", "3", "--privacy-filter", "strict"]) == 0
     m = DiffLMSynthesizer.load(model)
     strict = pd.read_csv(io.StringIO(capsys.readouterr().out))
-    assert len(strict) == 4 and not m.privacy_filter_.inside(m._rows_of(strict)).any()
+    assert len(strict) == 4 and not m.privacy_filter_.inside(m._rows_of(strict), m.privacy_filter_radius).any()
     assert main(["sample", str(model), "-n", "4", "-o", "-", "--sigma-min", "low"]) == 1
     assert "--sigma-min must be 'auto' or a number, got 'low'" in capsys.readouterr().err
 

@@ -228,28 +228,31 @@ def test_the_fit_builds_the_privacy_filter_from_the_rows_it_learnt_and_saves_it(
     rows = frame_rows(_rows(240), fitted.schema_)
     perm = torch.randperm(240, generator=torch.Generator().manual_seed(fitted.seed_))
     again = NearestRowFilter.fit(fitted.schema_, [rows[i] for i in perm[24:]], [rows[i] for i in perm[:24]])
-    assert torch.equal(again.radius, f.radius) and again.base_rate == f.base_rate
+    assert torch.equal(again.radius, f.radius) and torch.equal(again.unseen_ratio, f.unseen_ratio)
     inside = f.inside([rows[i] for i in perm[24:]])  # a training row sits on itself, distance 0 ...
     assert inside[f.radius > 0].all() and (f.radius > 0).sum() > 200  # ... inside unless it has a twin
-    assert fitted.privacy_report_["filter"] == {"mode": "match", "base_rate": round(f.base_rate, 4), "unseen_rows": 24}
+    assert fitted.privacy_report_["filter"] == {"mode": "strict", "radius": 0.5, "base_rate": round(f.base_rate(0.5), 4),
+                                                "unseen_rows": 24}
     fitted.save(tmp_path / "m.tdl")
     loaded = DiffLMSynthesizer.load(tmp_path / "m.tdl").privacy_filter_
-    assert loaded.base_rate == f.base_rate and all(torch.equal(loaded.tensors()[k], v) for k, v in f.tensors().items())
+    assert all(torch.equal(loaded.tensors()[k], v) for k, v in f.tensors().items())
 
 
 @pytest.mark.parametrize("mode, rate", [("strict", 0.0), ("match", 0.25)])
 def test_sampling_turns_away_rows_inside_a_training_rows_neighbourhood(fitted, mode, rate, monkeypatch):
-    """With every radius set so that about half the new rows fall inside, "strict" returns none inside and
-    "match" no more than the base rate; the rows turned away are counted and written again."""
+    """With every radius set so that about half the new rows fall inside the whole neighbourhood, "strict"
+    returns none inside and "match" no more than the base rate; the rows turned away are counted and written
+    again."""
     from tabdifflm.privacy import nearest
     from tabdifflm.schema import frame_rows
 
     f = fitted.privacy_filter_
-    fitted.set_params(privacy_filter=None)
+    monkeypatch.setattr(fitted, "privacy_filter", None)  # put back as fitted at the end
     x, c = f.encode(frame_rows(fitted.sample(100, random_state=2), fitted.schema_))
     monkeypatch.setattr(f, "radius", torch.full_like(f.radius, float(nearest(x, c, f.numbers, f.codes)[0].median())))
-    monkeypatch.setattr(f, "base_rate", rate)
-    monkeypatch.setattr(fitted, "privacy_filter", mode)
+    monkeypatch.setattr(f, "base_rate", lambda share: rate)
+    monkeypatch.setattr(fitted, "privacy_filter_radius", 1.0)
+    fitted.set_params(privacy_filter=mode)
     out = fitted.sample(40, random_state=1)
     inside = f.inside(frame_rows(out, fitted.schema_))
     assert len(out) == 40 and inside.float().mean() <= rate
@@ -257,7 +260,6 @@ def test_sampling_turns_away_rows_inside_a_training_rows_neighbourhood(fitted, m
     assert stats["invalid_by_reason"]["privacy filter"] > 0 and stats["privacy_filter_share"] > 0
     fitted.set_params(privacy_filter=None)
     assert f.inside(frame_rows(fitted.sample(40, random_state=1), fitted.schema_)).float().mean() > 0.3
-    fitted.set_params(privacy_filter="match")
 
 
 def test_a_filter_never_built_is_named_and_dp_fits_sample_without_one(tiny_kwargs):
@@ -280,7 +282,7 @@ def test_filter_rows_screens_given_rows_as_sampling_does(fitted):
     matched = fitted.filter_rows(df, mode="match")
     from tabdifflm.schema import frame_rows
 
-    inside = fitted.privacy_filter_.inside(frame_rows(matched, fitted.schema_))
-    assert inside.float().mean() <= fitted.privacy_filter_.base_rate and len(matched) > len(kept)
+    inside = fitted.privacy_filter_.inside(frame_rows(matched, fitted.schema_), 0.5)
+    assert inside.float().mean() <= fitted.privacy_filter_.base_rate(0.5) and len(matched) > len(kept)
     with pytest.raises(ValueError, match="mode must be"):
         fitted.filter_rows(df, mode="loose")

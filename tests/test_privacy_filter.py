@@ -37,9 +37,12 @@ def test_training_rows_are_all_inside_and_unseen_rows_only_at_the_base_rate():
     rows = frame_rows(train, schema)
     f = NearestRowFilter.fit(schema, rows, frame_rows(unseen, schema))
     assert f.inside(rows).all()  # distance 0, below every radius (no duplicate rows here)
-    assert 0.0 < f.base_rate < 0.9  # unseen rows land inside only some of the time, training rows always
-    new = _people(300, 2)
-    assert abs(f.inside(frame_rows(new, schema)).float().mean().item() - f.base_rate) < 0.1
+    assert 0.0 < f.base_rate() < 0.9  # unseen rows land inside only some of the time, training rows always
+    new = frame_rows(_people(300, 2), schema)
+    assert abs(f.inside(new).float().mean().item() - f.base_rate()) < 0.1
+    # a smaller ball: fewer rows inside, each of them inside the whole neighbourhood too
+    half = f.inside(new, 0.5)
+    assert f.base_rate(0.5) < f.base_rate() and (half <= f.inside(new)).all() and half.sum() < f.inside(new).sum()
     # a row with an unseen category and a missing number is still placed (it matches nothing there)
     odd = [[None, "astronaut", "town1", 70.0]]
     assert f.inside(odd).shape == (1,)
