@@ -63,7 +63,8 @@ def markdown(res: dict) -> str:
              f"CPU: {res['cpu']}. {res['sample_seeds']} sets of {res['rows']} rows a variant, each from a draw of "
              f"{res['pool']} unscreened rows; {res['attacks']} attacks; residuals are means ± standard error "
              "over the sets, with how many sets' 95 % intervals lie above 0. Base rate (validation rows inside a "
-             f"training row's neighbourhood, by radius share): {res['base_rate']}"
+             f"training row's neighbourhood, by radius share): "
+             + ", ".join(f"{r}: {b:.3f}" for r, b in res["base_rate"].items())
              + (f"; sets topped up from the next seed's draw (rows): {res['topped_up']}" if res.get("topped_up")
                 else "")
              + (" (the model predates the filter: built from its fit's rows and split, as fit does)."
