@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "fit chose, default) or a number; 0.002 gives the sharper rows that sit nearer the training rows. "
                    "With this or --temperature, the categorical columns' correction is estimated again for the "
                    "new setting (the model's marginal_rows rows, before the N asked for)")
-    s.add_argument("--privacy-filter", choices=["match", "strict", "off"],
+    s.add_argument("--privacy-filter", choices=["strict", "match", "off"],
                    help="keep rows out of the training rows' own neighbourhoods: 'strict' (never), 'match' (no "
                         "more often than unseen real rows land there) or 'off'; default: as fitted")
     s.add_argument("--privacy-radius", type=float, metavar="SHARE",

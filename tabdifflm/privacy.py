@@ -9,10 +9,9 @@ neighbourhood). Rows the model never saw land in such balls too, at a rate the v
 (:meth:`NearestRowFilter.base_rate`); the filter keeps new rows from landing there more often than that
 ("match") or at all ("strict").
 
-Why it is needed: a sampler stopped early returns a blend of nearby training latents, and the decoder writes
-the blend with the categorical profile of its heaviest training row. Where that row's profile is rare, the new
-row carries the whole profile with its numbers moderately near: anonymeter's linkability attack joins the
-two halves of exactly such rows (docs/design.md, "Privacy filter").
+Why it is needed: on Adult the linkability attack's excess links are rows that carry a training row's whole
+categorical profile with its numbers moderately near, which neither the latents nor a 200-row DCR check
+showed (docs/design.md, "Version 0.18: a privacy filter on the sampled rows").
 
 Distances are L1 over the columns as :func:`tabdifflm.metrics.dcr` measures them: numbers scaled by the
 training range (missing = -1, at least 1 from any value), a category mismatch 2 (as one-hot vectors differ).

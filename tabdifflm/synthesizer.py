@@ -35,7 +35,7 @@ from .metadata import Layout, parse_metadata
 from .model import LatentLogitHead, RowModel, RowVAE
 from .numbers import NumberHead
 from .persistence import ModelFileError, read_model_file, write_model_file
-from .privacy import NearestRowFilter, Quota
+from .privacy import MODES as FILTER_MODES, NearestRowFilter, Quota
 from .schema import Schema, build_frame, check_frame, frame_rows, infer_schema
 from .serialization import FORMATS, NUMBER_FORMATS, RowFormat, encoder_text
 from .training import VAEData, mu_dev, pad_batch, time_diffusion_step, train_diffusion, train_readout, train_vae
@@ -324,7 +324,7 @@ class DiffLMSynthesizer(BaseEstimator):
         "max_time": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "memorisation_gap": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "privacy_sample": [Interval(numbers.Integral, 0, None, closed="left")],
-        "privacy_filter": [StrOptions({"match", "strict"}), None],
+        "privacy_filter": [StrOptions(set(FILTER_MODES)), None],
         "privacy_filter_radius": [Interval(numbers.Real, 0, 1, closed="right")],
         "dp_epsilon": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "dp_delta": [Interval(numbers.Real, 0, 1, closed="neither"), None],
@@ -953,15 +953,13 @@ class DiffLMSynthesizer(BaseEstimator):
         """
         check_is_fitted(self)
         mode = self.privacy_filter if mode is None else mode
-        if mode not in ("match", "strict"):
+        if mode not in FILTER_MODES:
             raise ValueError(f"mode must be 'match' or 'strict' (or privacy_filter set to one), got {mode!r}")
-        f = getattr(self, "privacy_filter_", None)
-        if f is None:
+        if getattr(self, "privacy_filter_", None) is None:
             raise ValueError("this model has no fitted privacy filter (fitted with privacy_filter=None or under "
                              "dp_epsilon, or saved before version 0.18)")
-        share = float(self.privacy_filter_radius)
+        f, quota, share = self._row_filter(mode)
         inside = f.inside(self._rows_of(X), share).tolist()
-        quota = Quota(f.base_rate(share) if mode == "match" else 0.0)
         return X[np.array([quota.admit(near) for near in inside], dtype=bool)]
 
     @quiet_unless_verbose
@@ -1160,10 +1158,11 @@ class DiffLMSynthesizer(BaseEstimator):
                                f"({generated} generated); invalid values by column: {errors}")
         return self.layout_.restore(build_frame(got, self.schema_))
 
-    def _row_filter(self):
-        """(filter, a fresh quota, radius share) where :meth:`sample` screens its rows (``privacy_filter``), else
-        None."""
-        if self.privacy_filter is None or "privacy_filter" in self.history_:  # off, or never built (DP: history says)
+    def _row_filter(self, mode=None):
+        """(filter, a fresh quota, radius share) where :meth:`sample` screens its rows (``privacy_filter``, or
+        ``mode`` given), else None."""
+        mode = self.privacy_filter if mode is None else mode
+        if mode is None or "privacy_filter" in self.history_:  # off, or never built (DP: history says)
             return None
         f = getattr(self, "privacy_filter_", None)
         if f is None:
@@ -1171,7 +1170,7 @@ class DiffLMSynthesizer(BaseEstimator):
                              "was fitted with privacy_filter=None, or saved before version 0.18): set_params("
                              "privacy_filter=None) samples without one; fit again to build one")
         share = float(self.privacy_filter_radius)
-        return f, Quota(f.base_rate(share) if self.privacy_filter == "match" else 0.0), share
+        return f, Quota(f.base_rate(share) if mode == "match" else 0.0), share
 
     def _sample_rows(self, n: int, gen: torch.Generator, conds=(), hits=None, info=None):
         """n valid rows (schema order), with (rows generated, invalid counts by reason, first round's valid share).
