@@ -187,6 +187,7 @@ def main(argv=None):
            "secret": ds.target, "model": args.model, "minutes": None if args.model else args.minutes,
            "attacks": args.attacks, "attack_seeds": args.attack_seeds, "sample_seeds": args.sample_seeds,
            "variants": args.variants, "seconds": seconds, "rows": {}}
+    stem = args.stem or f"privacy_{args.dataset}"
     for name, rows_for in gens.items():
         samples = 1 if name == COPY else args.sample_seeds  # independent rows: disjoint blocks of the pool
         runs, scores = [], []
@@ -208,7 +209,9 @@ def main(argv=None):
         mean["exact_copies"] = int(round(mean["exact_copies"]))
         res["rows"][name] = {**risks, **mean, **({"per_sample": scores} if samples > 1 else {})}
         print(name, json.dumps({k: v for k, v in res["rows"][name].items() if k != "attack_runs"}), flush=True)
-    save_results(args.stem or f"privacy_{args.dataset}", res, markdown(res))
+        if name != list(gens)[-1]:  # a long run keeps the row sources it finished if a later one fails
+            save_results(stem, {**res, "partial": True}, markdown(res), echo=False)
+    save_results(stem, res, markdown(res))
 
 
 if __name__ == "__main__":

@@ -136,12 +136,14 @@ def association_table(real: dict, rows: list, target) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_results(stem: str, res: dict, md: str, folder: Path = RESULTS) -> None:
-    """Write ``<folder>/<stem>.json`` and ``.md`` (``folder`` defaults to ``results/``), and print the Markdown."""
+def save_results(stem: str, res: dict, md: str, folder: Path = RESULTS, echo: bool = True) -> None:
+    """Write ``<folder>/<stem>.json`` and ``.md`` (``folder`` defaults to ``results/``), and print the Markdown
+    unless ``echo`` is False."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float))
     (folder / f"{stem}.md").write_text(md)
-    print(md)
+    if echo:
+        print(md)
 
 
 def worst_rules(worst: list) -> str:
