@@ -55,22 +55,54 @@ class RowEncoding:
         return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(codes)
 
 
-def nearest(xa, ca, xb, cb, exclude_self: bool = False, chunk: int = 256, budget: float = 2e8):
+WIDE = 64  # a category column with more codes than this is compared directly, not through a one-hot block
+
+
+def _one_hot(ca: torch.Tensor, cb: torch.Tensor, wide: int = WIDE) -> tuple:
+    """Category codes of a [na, c] and b [nb, c] -> (one-hot of a's narrow columns [na, k], the same for b
+    [nb, k], wide column indices). Codes start at -2 (missing) and -1 (unseen), so each gets its own slot
+    and, as in a direct comparison, matches only itself. Columns with more than ``wide`` codes stay out of
+    the one-hot block, which would cost rows x codes memory."""
+    sa, sb = ca + 2, cb + 2
+    top = torch.zeros(ca.shape[1], dtype=torch.long)
+    for s_ in (sa, sb):
+        if len(s_):
+            top = torch.maximum(top, s_.max(0).values)
+    narrow = [j for j in range(ca.shape[1]) if top[j] + 1 <= wide]
+    wide_cols = [j for j in range(ca.shape[1]) if top[j] + 1 > wide]
+
+    def block(s_):
+        parts = [torch.nn.functional.one_hot(s_[:, j], int(top[j]) + 1) for j in narrow]
+        return torch.cat(parts, 1).float() if parts else torch.zeros(len(s_), 0)
+    return block(sa), block(sb), wide_cols
+
+
+def nearest(xa, ca, xb, cb, exclude_self: bool = False, chunk: int = 1024, budget: float = 2 ** 24):
     """Each row of a's nearest row of b: (distance [na], index [na]).
 
     xa [na, m], ca [na, c]: a's scaled numbers and category codes; xb, cb the same for b. The distance is
     sum |numbers| + 2 x category mismatches. ``exclude_self``: a is b, and a row is not its own neighbour.
+    Exact, and quadratic in rows: the mismatches come from one matrix product of one-hot codes (matches =
+    one-hot(a) @ one-hot(b).T), the numbers from an L1 ``cdist``, over chunks of a of at most ``chunk`` rows
+    whose [rows, nb] distances fit in ``budget`` floats.
     """
-    nb, c = len(xb), ca.shape[1]
-    rows = max(1, min(chunk, int(budget // max(1, nb * max(1, c)))))  # keeps [rows, nb, c] in memory bounds
+    na, nb, c = len(xa), len(xb), ca.shape[1]
+    if na == 0 or nb == 0:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    rows = max(1, min(chunk, int(budget // nb)))
+    oa, ob, wide_cols = _one_hot(ca, cb) if c else (None, None, [])
+    ob_t = ob.T.contiguous() if c else None  # [k, nb]
     dist, idx = [], []
-    for s in range(0, len(xa), rows):
-        d = torch.cdist(xa[s:s + rows], xb, p=1) if xa.shape[1] else torch.zeros(len(xa[s:s + rows]), nb)
-        if c:
-            d = d + 2.0 * (ca[s:s + rows, None, :] != cb[None, :, :]).sum(-1)
+    for s in range(0, na, rows):
+        e = min(na, s + rows)
+        d = torch.cdist(xa[s:e], xb, p=1) if xa.shape[1] else torch.zeros(e - s, nb)  # [rows, nb]
+        if c:  # + 2 x (c - matches): one-hot products count the narrow columns' matches
+            d = torch.addmm(d + 2.0 * c, oa[s:e], ob_t, alpha=-2.0)
+            for j in wide_cols:
+                d -= 2.0 * (ca[s:e, j, None] == cb[None, :, j])
         if exclude_self:
-            k = torch.arange(s, s + len(d))
-            d[torch.arange(len(d)), k] = float("inf")
+            k = torch.arange(e - s)
+            d[k, k + s] = float("inf")
         v, i = d.min(1)
         dist.append(v)
         idx.append(i)

@@ -55,6 +55,7 @@ READOUT_DRAWS = 2  # latents near each training row that the read-out's stage le
 READOUT_CHOICES = 150_000  # at most this many (row, choice) hidden states held by that stage
 READOUT_BYTES = 1.5e9  # and at most this much memory for them and their logits
 PRIOR_MARGIN = 1.25  # the VAE stage holds back this many times the prior's timed steps
+RETIME_S = 60.0  # the prior's step is timed again at a VAE evaluation this long after the last timing
 # the VAE stage holds back the read-out's rows at this many times its validation pass's time a row, which also
 # runs the encoder: on Beijing 0.044 s a row against the read-out's own 0.032 (so 1.0 already leaves room)
 READOUT_MARGIN = 1.0
@@ -538,16 +539,9 @@ class DiffLMSynthesizer(BaseEstimator):
         self.n_features_in_ = len(user_columns)
         self.feature_names_in_ = np.asarray(user_columns, dtype=object)
         deadline = math.inf if self.max_time is None else t_start + float(self.max_time)
-        self.privacy_filter_ = None
         if self._ledger is not None:
             self.history_["privacy_filter"] = {"why": "dp_epsilon: the filter reads the training rows outside the "
                                                       "accounting"}
-        elif self.privacy_filter is not None:  # before the correction and the report, whose rows it filters
-            t = time.monotonic()
-            rows = frame_rows(df, schema)
-            self.privacy_filter_ = NearestRowFilter.fit(schema, [rows[i] for i in train_idx.tolist()],
-                                                        [rows[i] for i in val_idx.tolist()])
-            self.history_["seconds"]["privacy_filter"] = round(time.monotonic() - t, 1)
         if self._ledger is not None:
             self.history_["marginal_correction"] = {"why": "dp_epsilon: the training rows' frequencies are not "
                                                            "covered by the accounting"}
@@ -630,6 +624,13 @@ class DiffLMSynthesizer(BaseEstimator):
         n_val = 0 if ledger else int(min(max(2, round(self.validation_size * n)), 256))
         perm = torch.randperm(n, generator=gen)
         val_idx, train_idx = perm[:n_val], perm[n_val:]
+        # the privacy filter reads only the rows and this split: built first, its search (training rows
+        # squared) spends max_time like the stages do instead of running past it
+        flt, filter_s = None, None
+        if ledger is None and self.privacy_filter is not None:
+            t = time.monotonic()
+            flt = NearestRowFilter.fit(schema, [rows[i] for i in train_idx.tolist()], [rows[i] for i in val_idx.tolist()])
+            filter_s = time.monotonic() - t
         dp_diffusion_steps = max(1, self.diffusion_train_steps // 10)
         if ledger:
             n_aux = int(self.aux_steps) if self.latent_head and self.aux_weight else 0
@@ -642,17 +643,26 @@ class DiffLMSynthesizer(BaseEstimator):
         if n_val >= MIN_PROBE_ROWS:
             pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed + 4))
             probe_idx = train_idx[pick[:min(n_val, PROBE_ROWS)]].tolist()
-        # Reserve what the diffusion stage needs (timed here, at most 40 % of the budget) and the encoding
-        # of every row, so a tight budget still trains the prior instead of leaving it untrained.
-        reserve = 0.0
+        # Reserve what the diffusion stage needs (timed as the VAE stage runs, at most 40 % of the budget) and
+        # the encoding of every row, so a tight budget still trains the prior instead of leaving it untrained.
+        prior_reserve = None
         if self.max_time is not None and self.prior == "diffusion":
-            # x1.25: the machine's load can change between the timing (a median step) and the stage
-            if ledger:
-                steps, step_s = dp_diffusion_steps, time_diffusion_step(
-                    self.latent_dim, n, round(ledger.planned["diffusion"][0] * n), trials=2, private=True)
-            else:
-                steps, step_s = self.diffusion_train_steps, time_diffusion_step(self.latent_dim, n)
-            reserve = min(PRIOR_MARGIN * steps * step_s, 0.4 * budget)
+            reserved, timed_at = [], [-math.inf]  # each timing's reserve, the latest last
+
+            def prior_reserve():
+                """Seconds the prior's steps need, timed before the VAE and again at its evaluations (at most
+                every RETIME_S seconds), since a process's first steps run slower (x1.25: the load can change
+                between the timing, a median step, and the stage)."""
+                if time.monotonic() - timed_at[0] < RETIME_S:
+                    return reserved[-1]
+                timed_at[0] = time.monotonic()
+                if ledger:
+                    steps, step_s = dp_diffusion_steps, time_diffusion_step(
+                        self.latent_dim, n, round(ledger.planned["diffusion"][0] * n), trials=2, private=True)
+                else:
+                    steps, step_s = self.diffusion_train_steps, time_diffusion_step(self.latent_dim, n)
+                reserved.append(min(PRIOR_MARGIN * steps * step_s, 0.4 * budget))
+                return reserved[-1]
         check_s = 0.03 * budget if self.privacy_sample and n_val and math.isfinite(budget) else 0.0  # privacy_report_
         cat_cols = schema.categorical
         if self.marginal_rows and head is not None and cat_cols and not ledger and math.isfinite(budget):
@@ -667,10 +677,13 @@ class DiffLMSynthesizer(BaseEstimator):
                                               float(row_choices[train_idx.numpy()].mean()))
             if math.isfinite(budget) and n_val >= MIN_PROBE_ROWS:
                 readout_rows = readout_keep * READOUT_DRAWS + n_val
-        vae_deadline = t_start + 0.97 * budget - reserve - 0.02 * budget - check_s
+        vae_deadline = t_start + 0.97 * budget - 0.02 * budget - check_s  # less the prior's reserve, held back
         history = {"vae": [], "diffusion": [], "stopped": {}, "seconds": {}}
         # each stage's seconds, so a budget's split between stages can be checked against what they took
         mark = t_start
+        if filter_s is not None:  # its own entry, out of the preparation's
+            history["seconds"]["privacy_filter"] = round(filter_s, 1)
+            mark += filter_s
 
         def lap(stage):
             nonlocal mark
@@ -689,13 +702,14 @@ class DiffLMSynthesizer(BaseEstimator):
             probe_idx=probe_idx,
             memorisation_gap=self.memorisation_gap if probe_idx is not None else None,
             latent_dropout=float(self.latent_dropout) if self.latent_head else 0.0,
-            reserve_rows=readout_rows, reserve_margin=READOUT_MARGIN, dp=ledger, generator=gen,
-            verbose=self.verbose)
+            reserve_rows=readout_rows, reserve_margin=READOUT_MARGIN, hold_back=prior_reserve, dp=ledger,
+            generator=gen, verbose=self.verbose)
         lap("vae")
         # what the VAE stage held back for the read-out, at its slowest validation pass per row
         row_s = max((r["val_s"] / n_val for r in history["vae"] if "val_s" in r), default=0.0)
         readout_s = READOUT_MARGIN * readout_rows * row_s
         # what the VAE left to the stages after it, beside what they took (history["seconds"])
+        reserve = reserved[-1] if prior_reserve is not None else 0.0
         history["reserved_s"] = {"prior": round(reserve, 1), "readout": round(readout_s, 1),
                                  "checks": round(check_s, 1)}
 
@@ -746,6 +760,7 @@ class DiffLMSynthesizer(BaseEstimator):
         self.decoder_ref_ = dec_ref
         self.encoder_ref_ = enc_ref
         self.history_ = history
+        self.privacy_filter_ = flt
         self.seed_ = seed
         self.tokens_per_row_ = float(np.mean([len(t) for t in toks]))
         self.choices_per_row_ = float(row_choices.mean())

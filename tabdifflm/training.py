@@ -82,7 +82,7 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
               batch_size, learning_rate, encoder_learning_rate, max_beta, min_beta, beta_decay=0.7,
               beta_patience=2, eval_every=25, aux_steps=0, aux_stop_gap=None, probe_idx=None,
               memorisation_gap=None, latent_dropout=0.0, reserve_rows=0, reserve_margin=1.5,
-              dp=None, generator=None, verbose=True, log=None):
+              hold_back=None, dp=None, generator=None, verbose=True, log=None):
     """Train the VAE's encoder, injector and latent logit head against its frozen decoder (:class:`RowVAE`
     computes the loss: CE + aux_weight x head CE + beta x KL).
 
@@ -99,6 +99,9 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
     ``reserve_rows``: rows that a later stage passes through the decoder (the read-out's stage), whose time
     is held back from ``deadline`` at ``reserve_margin`` times this stage's slowest validation pass per row;
     it follows the machine as the stage runs, where a fixed share of the budget would not.
+    ``hold_back``: a function giving further seconds to hold back from ``deadline`` (the prior's stage),
+    called before every evaluation but the final one, so a timing made as the stage runs replaces one made
+    before it (a process's first steps run slower); its latest value is in each record (``held_s``).
 
     Memorisation: with ``probe_idx`` (some training rows) each evaluation also scores those rows the same
     way; the gap (val NLL - probe NLL) / val NLL is how much better the model knows rows it was trained on
@@ -197,6 +200,7 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
         return VAEOutput(None, nll, None)
 
     eval_s = step_s = row_s = 0.0  # longest validation pass, latest training step, slowest validation row
+    held_after = 0.0  # what hold_back() last gave
 
     def evaluate(epoch):
         """Score the validation (and probe) rows; True when the stage should stop for memorisation."""
@@ -213,6 +217,8 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
         rec = {"elapsed_s": round(time.monotonic() - t0, 2), "step": step, "epoch": epoch, "beta": beta,
                "train_nll": round(sum(running) / max(len(running), 1), 3), "val_nll": round(v, 3),
                "val_s": round(val_s, 2)}
+        if hold_back is not None:
+            rec["held_s"] = round(held_after, 1)
         memorising = False
         if probe_idx is not None:
             p = evaluate_nll(vae, data, list(probe_idx), batch_size)
@@ -239,9 +245,15 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
         return over >= 2  # the same on every process: the NLLs are summed over all of them
 
     def out_of_time():  # would one more step, the final validation pass and the held-back rows pass the deadline?
-        held = reserve_margin * reserve_rows * row_s
+        held = reserve_margin * reserve_rows * row_s + held_after
         return parallel.any_true(time.monotonic() + step_s + eval_s + held > deadline)  # all processes agree
 
+    def time_again():  # before an evaluation that decides whether the stage goes on (not the final one)
+        nonlocal held_after
+        if hold_back is not None:
+            held_after = float(hold_back())
+
+    time_again()
     evaluate(0)
     stop = False
     for epoch in range(max_epochs):
@@ -262,9 +274,11 @@ def train_vae(vae: RowVAE, data: VAEData, train_idx, val_idx, *, max_epochs, dea
                 running.append(float(out.nll.detach().mean()))
                 bar.set_description(f"VAE nll/row {running[-1]:.1f}")
             bar.update(1)
-            if step % eval_every == 0 and evaluate(epoch):
-                reason, stop = "memorisation", True
-                break
+            if step % eval_every == 0:
+                time_again()
+                if evaluate(epoch):
+                    reason, stop = "memorisation", True
+                    break
             if out_of_time():
                 reason, stop = "time budget", True
                 break

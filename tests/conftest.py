@@ -1,12 +1,17 @@
 """Fixtures: tiny randomly initialised models built from configs, with the real tokenizers of the defaults."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# at most 2 threads, shared between pytest-xdist's workers: tiny models gain little from threads, and
+# workers that each take every core slow one another down
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _WORKERS))
 
 
 @pytest.fixture(scope="session")

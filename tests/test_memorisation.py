@@ -33,7 +33,8 @@ def test_history_says_why_each_stage_stopped_and_records_the_gap(fitted):
 
 def test_history_gives_each_stages_seconds_in_order_and_within_the_fit(fitted):
     sec = fitted.history_["seconds"]
-    stages = ["preparation", "vae", "prior", "calibration", "readout", "privacy_filter"]
+    # the filter is built as the rows are prepared, its seconds out of the preparation's
+    stages = ["privacy_filter", "preparation", "vae", "prior", "calibration", "readout"]
     stages += ["marginal_correction"] * bool(fitted.marginal_rows) + ["privacy_report"]
     assert list(sec) == stages
     assert all(v >= 0 for v in sec.values()) and sec["vae"] > 0
@@ -186,7 +187,7 @@ def test_heads_only_steps_end_once_the_gap_passes_aux_stop_gap(tiny_kwargs, monk
     assert hist[-1]["step"] > stopped[0]["step"]  # the decoder steps went on
 
 
-def _clocked_vae(monkeypatch, reserve_rows):
+def _clocked_vae(monkeypatch, reserve_rows, hold_back=None):
     """train_vae on a stand-in model under a fake clock: a training step takes 1 s, a validation pass 0.5 s a
     row (4 rows). Returns (history, reason, the clock at the end)."""
     clock = {"t": 0.0}
@@ -203,7 +204,8 @@ def _clocked_vae(monkeypatch, reserve_rows):
     hist, reason = training.train_vae(
         _StubVAE(tick), _NoData(), torch.arange(40), torch.arange(40, 44), max_epochs=50, deadline=100.0, batch_size=4,
         learning_rate=1e-3, encoder_learning_rate=0.0, max_beta=0.01, min_beta=0.001, eval_every=5,
-        reserve_rows=reserve_rows, reserve_margin=1.5, generator=torch.Generator().manual_seed(0), verbose=False)
+        reserve_rows=reserve_rows, reserve_margin=1.5, hold_back=hold_back, generator=torch.Generator().manual_seed(0),
+        verbose=False)
     return hist, reason, clock["t"]
 
 
@@ -215,6 +217,15 @@ def test_the_vae_holds_back_a_later_stages_rows_at_its_measured_rate(monkeypatch
     assert all(h["val_s"] == 2.0 for h in hist)  # four rows at 0.5 s, recorded with every evaluation
     hist, reason, end = _clocked_vae(monkeypatch, 20)
     assert reason == "time budget" and 80 <= end <= 85
+
+
+def test_the_vae_holds_back_the_priors_time_as_last_timed(monkeypatch):
+    """hold_back (the prior's reserve) is asked again at every evaluation and the stage follows its latest
+    answer: a first timing of 40 s that later reads 10 s ends the stage by 90 s, not by 60 s."""
+    timings = iter([40.0] + [10.0] * 100)
+    hist, reason, end = _clocked_vae(monkeypatch, 0, hold_back=lambda: next(timings))
+    assert reason == "time budget" and 85 <= end <= 90
+    assert hist[0]["held_s"] == 40.0 and all(h["held_s"] == 10.0 for h in hist[1:]) and len(hist) > 2
 
 
 def test_the_fit_builds_the_privacy_filter_from_the_rows_it_learnt_and_saves_it(fitted, tmp_path):

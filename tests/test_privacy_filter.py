@@ -31,6 +31,27 @@ def test_distances_are_dcrs_one_hot_l1_and_the_nearest_other_row_excludes_itself
     assert (self_j != torch.arange(50)).all() and (self_d > 0).all()
 
 
+def test_the_one_hot_product_counts_mismatches_as_a_direct_comparison_does_for_every_kind_of_code():
+    """Narrow columns go through one-hot products, wide ones (over 64 codes) are compared directly; missing
+    (-2) and unseen (-1) codes match only themselves, and a chunk boundary changes nothing."""
+    g = torch.Generator().manual_seed(0)
+    xa, xb = torch.rand(23, 3, generator=g), torch.rand(41, 3, generator=g)
+    widths = (3, 200, 5)  # the middle column is wide
+    ca = torch.stack([torch.randint(-2, w, (23,), generator=g) for w in widths], 1)
+    cb = torch.stack([torch.randint(-2, w, (41,), generator=g) for w in widths], 1)
+    ca[:5, 1] = cb[:5, 1]  # make the wide column match somewhere
+    ref = torch.cdist(xa, xb, p=1) + 2.0 * (ca[:, None, :] != cb[None, :, :]).sum(-1)
+    for chunk in (4, 1024):
+        d, j = nearest(xa, ca, xb, cb, chunk=chunk)
+        assert torch.allclose(d, ref.min(1).values, atol=1e-5) and torch.allclose(ref[torch.arange(23), j], d)
+    only_codes, _ = nearest(torch.zeros(23, 0), ca, torch.zeros(41, 0), cb)  # no numeric column
+    assert torch.equal(only_codes, 2.0 * (ca[:, None, :] != cb[None, :, :]).sum(-1).min(1).values.float())
+    self_ref = torch.cdist(xb, xb, p=1) + 2.0 * (cb[:, None, :] != cb[None, :, :]).sum(-1)
+    self_ref.fill_diagonal_(float("inf"))
+    self_d, _ = nearest(xb, cb, xb, cb, exclude_self=True, chunk=6)
+    assert torch.allclose(self_d, self_ref.min(1).values, atol=1e-5)
+
+
 def test_training_rows_are_all_inside_and_unseen_rows_only_at_the_base_rate():
     train, unseen = _people(300, 0), _people(300, 1)
     schema = infer_schema(train)
