@@ -1,5 +1,5 @@
 """tabdifflm: realistic synthetic tables with DiffLM (VAE + latent diffusion + a frozen LLM decoder)."""
-__version__ = "0.18.0"
+__version__ = "0.18.1"
 
 from .constraints import FixedCombinations, Inequality, Negative, Positive, Predicate  # noqa: E402
 from .synthesizer import DiffLMSynthesizer  # noqa: E402

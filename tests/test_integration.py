@@ -10,8 +10,9 @@ pytestmark = pytest.mark.integration
 
 def test_defaults_fit_sample_save_load(adult_small, tmp_path):
     df = adult_small.iloc[:48]
+    # the checks after fit write rows with the real decoder: fewer of them than the defaults (200, 1,000)
     s = DiffLMSynthesizer(random_state=0, max_epochs=1, eval_every=2, batch_size=8, diffusion_train_steps=50,
-                          diffusion_steps=10, marginal_rows=128, verbose=False)
+                          diffusion_steps=10, marginal_rows=128, privacy_sample=24, verbose=False)
     s.fit(df)
     assert s.decoder_ref_["decoder"] == "packaged:smollm2" and len(s.decoder_ref_["fingerprint"]) == 64
     hist = s.history_["vae"]
