@@ -56,20 +56,28 @@ class RowEncoding:
 
 
 WIDE = 64  # a category column with more codes than this is compared directly, not through a one-hot block
+ONE_HOT_WIDTH = 2048  # and so are the columns past this many one-hot slots in all (a table of many columns)
 
 
-def _one_hot(ca: torch.Tensor, cb: torch.Tensor, wide: int = WIDE) -> tuple:
+def _one_hot(ca: torch.Tensor, cb: torch.Tensor, wide: int = WIDE, most: int | None = None) -> tuple:
     """Category codes of a [na, c] and b [nb, c] -> (one-hot of a's narrow columns [na, k], the same for b
-    [nb, k], wide column indices). Codes start at -2 (missing) and -1 (unseen), so each gets its own slot
-    and, as in a direct comparison, matches only itself. Columns with more than ``wide`` codes stay out of
-    the one-hot block, which would cost rows x codes memory."""
+    [nb, k], the other columns' indices). Codes start at -2 (missing) and -1 (unseen), so each gets its own
+    slot and, as in a direct comparison, matches only itself. Columns with more than ``wide`` codes, and
+    those past ``most`` slots in all, stay out of the block, which costs rows x slots memory."""
+    most = ONE_HOT_WIDTH if most is None else most
     sa, sb = ca + 2, cb + 2
     top = torch.zeros(ca.shape[1], dtype=torch.long)
     for s_ in (sa, sb):
         if len(s_):
             top = torch.maximum(top, s_.max(0).values)
-    narrow = [j for j in range(ca.shape[1]) if top[j] + 1 <= wide]
-    wide_cols = [j for j in range(ca.shape[1]) if top[j] + 1 > wide]
+    narrow, wide_cols, width = [], [], 0
+    for j in range(ca.shape[1]):
+        k = int(top[j]) + 1
+        if k <= wide and width + k <= most:
+            narrow.append(j)
+            width += k
+        else:
+            wide_cols.append(j)
 
     def block(s_):
         parts = [torch.nn.functional.one_hot(s_[:, j], int(top[j]) + 1) for j in narrow]

@@ -629,7 +629,8 @@ class DiffLMSynthesizer(BaseEstimator):
         flt, filter_s = None, None
         if ledger is None and self.privacy_filter is not None:
             t = time.monotonic()
-            flt = NearestRowFilter.fit(schema, [rows[i] for i in train_idx.tolist()], [rows[i] for i in val_idx.tolist()])
+            flt = NearestRowFilter.fit(schema, [rows[i] for i in train_idx.tolist()],
+                                       [rows[i] for i in val_idx.tolist()])
             filter_s = time.monotonic() - t
         dp_diffusion_steps = max(1, self.diffusion_train_steps // 10)
         if ledger:

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tabdifflm import privacy
 from tabdifflm.metrics import _dcr_matrices
 from tabdifflm.privacy import NearestRowFilter, Quota, RowEncoding, nearest
 from tabdifflm.schema import frame_rows, infer_schema
@@ -31,7 +32,7 @@ def test_distances_are_dcrs_one_hot_l1_and_the_nearest_other_row_excludes_itself
     assert (self_j != torch.arange(50)).all() and (self_d > 0).all()
 
 
-def test_the_one_hot_product_counts_mismatches_as_a_direct_comparison_does_for_every_kind_of_code():
+def test_the_one_hot_product_counts_mismatches_as_a_direct_comparison_does_for_every_kind_of_code(monkeypatch):
     """Narrow columns go through one-hot products, wide ones (over 64 codes) are compared directly; missing
     (-2) and unseen (-1) codes match only themselves, and a chunk boundary changes nothing."""
     g = torch.Generator().manual_seed(0)
@@ -44,6 +45,10 @@ def test_the_one_hot_product_counts_mismatches_as_a_direct_comparison_does_for_e
     for chunk in (4, 1024):
         d, j = nearest(xa, ca, xb, cb, chunk=chunk)
         assert torch.allclose(d, ref.min(1).values, atol=1e-5) and torch.allclose(ref[torch.arange(23), j], d)
+    # a table of many columns: past the block's width the rest are compared directly
+    monkeypatch.setattr(privacy, "ONE_HOT_WIDTH", 5)  # the first column's five slots (codes -2 to 2), no more
+    assert privacy._one_hot(ca, cb)[2] == [1, 2] and torch.allclose(nearest(xa, ca, xb, cb)[0], ref.min(1).values)
+    monkeypatch.undo()
     only_codes, _ = nearest(torch.zeros(23, 0), ca, torch.zeros(41, 0), cb)  # no numeric column
     assert torch.equal(only_codes, 2.0 * (ca[:, None, :] != cb[None, :, :]).sum(-1).min(1).values.float())
     self_ref = torch.cdist(xb, xb, p=1) + 2.0 * (cb[:, None, :] != cb[None, :, :]).sum(-1)
