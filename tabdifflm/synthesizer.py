@@ -542,7 +542,6 @@ class DiffLMSynthesizer(BaseEstimator):
         if self._ledger is not None:
             self.history_["privacy_filter"] = {"why": "dp_epsilon: the filter reads the training rows outside the "
                                                       "accounting"}
-        if self._ledger is not None:
             self.history_["marginal_correction"] = {"why": "dp_epsilon: the training rows' frequencies are not "
                                                            "covered by the accounting"}
         elif self.marginal_rows:
@@ -646,24 +645,24 @@ class DiffLMSynthesizer(BaseEstimator):
             probe_idx = train_idx[pick[:min(n_val, PROBE_ROWS)]].tolist()
         # Reserve what the diffusion stage needs (timed as the VAE stage runs, at most 40 % of the budget) and
         # the encoding of every row, so a tight budget still trains the prior instead of leaving it untrained.
-        prior_reserve = None
+        prior_reserve, reserve, timed_at = None, 0.0, -math.inf  # reserve: the latest timing's
         if self.max_time is not None and self.prior == "diffusion":
-            reserved, timed_at = [], [-math.inf]  # each timing's reserve, the latest last
 
             def prior_reserve():
                 """Seconds the prior's steps need, timed before the VAE and again at its evaluations (at most
                 every RETIME_S seconds), since a process's first steps run slower (x1.25: the load can change
                 between the timing, a median step, and the stage)."""
-                if time.monotonic() - timed_at[0] < RETIME_S:
-                    return reserved[-1]
-                timed_at[0] = time.monotonic()
+                nonlocal reserve, timed_at
+                if time.monotonic() - timed_at < RETIME_S:
+                    return reserve
+                timed_at = time.monotonic()
                 if ledger:
                     steps, step_s = dp_diffusion_steps, time_diffusion_step(
                         self.latent_dim, n, round(ledger.planned["diffusion"][0] * n), trials=2, private=True)
                 else:
                     steps, step_s = self.diffusion_train_steps, time_diffusion_step(self.latent_dim, n)
-                reserved.append(min(PRIOR_MARGIN * steps * step_s, 0.4 * budget))
-                return reserved[-1]
+                reserve = min(PRIOR_MARGIN * steps * step_s, 0.4 * budget)
+                return reserve
         check_s = 0.03 * budget if self.privacy_sample and n_val and math.isfinite(budget) else 0.0  # privacy_report_
         cat_cols = schema.categorical
         if self.marginal_rows and head is not None and cat_cols and not ledger and math.isfinite(budget):
@@ -710,7 +709,6 @@ class DiffLMSynthesizer(BaseEstimator):
         row_s = max((r["val_s"] / n_val for r in history["vae"] if "val_s" in r), default=0.0)
         readout_s = READOUT_MARGIN * readout_rows * row_s
         # what the VAE left to the stages after it, beside what they took (history["seconds"])
-        reserve = reserved[-1] if prior_reserve is not None else 0.0
         history["reserved_s"] = {"prior": round(reserve, 1), "readout": round(readout_s, 1),
                                  "checks": round(check_s, 1)}
 
